@@ -1,0 +1,6 @@
+//! Pipeline files.
+
+pub mod duration;
+pub mod secret;
+
+pub use secret::Secret;

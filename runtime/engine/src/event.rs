@@ -1,0 +1,404 @@
+//! The event envelope: one shape for WAL changes, outbox rows and logical messages.
+//!
+//! Every sink, transform and DLQ entry sees this type. Its JSON form is the contract of
+//! `SPEC.md` ("The event envelope"); [`Event::json`] encodes it once and caches the bytes,
+//! so fanning one event out to many sinks costs one encoding.
+
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::ser::{SerializeMap, SerializeSeq, SerializeStruct};
+use serde::{Serialize, Serializer};
+use serde_json::value::RawValue;
+
+use crate::lsn::{Lsn, Position};
+
+/// What happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Op {
+    Insert,
+    Update,
+    Delete,
+    Truncate,
+    /// An outbox row or a logical message; the envelope carries [`Event::event`].
+    Event,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Insert => "insert",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::Truncate => "truncate",
+            Op::Event => "event",
+        }
+    }
+}
+
+/// A column value, already converted from Postgres' text form by the rules of the spec:
+/// int2/4/8 as numbers, numeric as text, non-finite floats as text, json as JSON, bytea
+/// as base64 (encoded when serialized), arrays as JSON arrays, the rest as text.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    /// A finite float. Non-finite floats are carried as `Text("NaN" | "Infinity" | "-Infinity")`.
+    Float(f64),
+    Text(String),
+    /// A json/jsonb value, kept as its (valid) JSON text.
+    Json(Box<RawValue>),
+    Bytes(Vec<u8>),
+    Array(Vec<Value>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        use Value::*;
+        match (self, other) {
+            (Null, Null) => true,
+            (Bool(a), Bool(b)) => a == b,
+            (Int(a), Int(b)) => a == b,
+            (Float(a), Float(b)) => a == b || (a.is_nan() && b.is_nan()),
+            (Text(a), Text(b)) => a == b,
+            (Json(a), Json(b)) => a.get() == b.get(),
+            (Bytes(a), Bytes(b)) => a == b,
+            (Array(a), Array(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Value {
+    /// Parse JSON text into a [`Value::Json`]; `None` when the text is not valid JSON.
+    pub fn json(text: &str) -> Option<Value> {
+        RawValue::from_string(text.to_owned()).ok().map(Value::Json)
+    }
+}
+
+impl Serialize for Value {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::Float(f) if f.is_nan() => s.serialize_str("NaN"),
+            Value::Float(f) if f.is_infinite() => {
+                s.serialize_str(if *f > 0.0 { "Infinity" } else { "-Infinity" })
+            }
+            Value::Float(f) => s.serialize_f64(*f),
+            Value::Text(t) => s.serialize_str(t),
+            Value::Json(raw) => raw.serialize(s),
+            Value::Bytes(b) => {
+                s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(b))
+            }
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for item in items {
+                    seq.serialize_element(item)?;
+                }
+                seq.end()
+            }
+        }
+    }
+}
+
+/// One named value of a row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    pub name: Arc<str>,
+    pub value: Value,
+}
+
+/// Columns in table order. Serialized as a JSON object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Row(pub Vec<Column>);
+
+impl Row {
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|c| &*c.name == name).map(|c| &c.value)
+    }
+
+    pub fn push(&mut self, name: Arc<str>, value: Value) {
+        self.0.push(Column { name, value });
+    }
+}
+
+impl Serialize for Row {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for c in &self.0 {
+            map.serialize_entry(&*c.name, &c.value)?;
+        }
+        map.end()
+    }
+}
+
+/// Where an event came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub pipeline: Arc<str>,
+    /// Schema and table of the change; `None` for a logical message.
+    pub schema: Option<Arc<str>>,
+    pub table: Option<Arc<str>>,
+    /// The LSN of the change itself.
+    pub lsn: Lsn,
+    /// The LSN of its transaction's commit record.
+    pub commit_lsn: Lsn,
+    /// The transaction id; `None` for a non-transactional logical message.
+    pub xid: Option<u32>,
+    /// Commit time, microseconds since the Unix epoch.
+    pub ts_micros: i64,
+}
+
+impl Serialize for Source {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Source", 7)?;
+        st.serialize_field("pipeline", &*self.pipeline)?;
+        st.serialize_field("schema", &self.schema.as_deref())?;
+        st.serialize_field("table", &self.table.as_deref())?;
+        st.serialize_field("lsn", &self.lsn.to_string())?;
+        st.serialize_field("commit_lsn", &self.commit_lsn.to_string())?;
+        st.serialize_field("xid", &self.xid)?;
+        st.serialize_field("ts", &format_timestamp_micros(self.ts_micros))?;
+        st.end()
+    }
+}
+
+/// The body of an `op: event` envelope: an outbox row or a logical message.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Message {
+    pub id: Value,
+    #[serde(rename = "type")]
+    pub kind: Value,
+    pub aggregate_type: Value,
+    pub aggregate_id: Value,
+    pub payload: Value,
+    pub headers: Value,
+}
+
+/// One change, outbox row or logical message. See SPEC.md for the JSON form.
+#[derive(Debug)]
+pub struct Event {
+    pub position: Position,
+    pub op: Op,
+    pub source: Source,
+    /// The key columns (primary key, else replica identity); `None` when the table has none.
+    pub key: Option<Row>,
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    /// TOASTed columns Postgres did not send on this update; absent from `after`.
+    pub unchanged: Vec<Arc<str>>,
+    /// Present exactly when `op` is [`Op::Event`].
+    pub message: Option<Message>,
+    json: OnceLock<Bytes>,
+}
+
+impl Event {
+    pub fn new(position: Position, op: Op, source: Source) -> Self {
+        Event {
+            position,
+            op,
+            source,
+            key: None,
+            before: None,
+            after: None,
+            unchanged: Vec::new(),
+            message: None,
+            json: OnceLock::new(),
+        }
+    }
+
+    /// The stable event id, `<commit_lsn>:<index>`.
+    pub fn id(&self) -> String {
+        self.position.to_string()
+    }
+
+    /// The envelope as JSON, encoded on first use and shared afterwards.
+    pub fn json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            Bytes::from(serde_json::to_vec(self).expect("an event always encodes as JSON"))
+        })
+    }
+
+    /// A hash of what orders this event: table and key. Events with equal ordering keys
+    /// must reach a sink in stream order; different keys may be delivered concurrently.
+    /// Keyless events share their table's ordering key, so they stay in order.
+    pub fn ordering_key(&self) -> u64 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.source.schema.hash(&mut h);
+        self.source.table.hash(&mut h);
+        match (&self.key, &self.message) {
+            (Some(key), _) => {
+                for c in &key.0 {
+                    c.name.hash(&mut h);
+                    serde_json::to_string(&c.value)
+                        .unwrap_or_default()
+                        .hash(&mut h);
+                }
+            }
+            (None, Some(m)) => serde_json::to_string(&m.aggregate_id)
+                .unwrap_or_default()
+                .hash(&mut h),
+            (None, None) => {}
+        }
+        h.finish()
+    }
+}
+
+impl Clone for Event {
+    fn clone(&self) -> Self {
+        Event {
+            position: self.position,
+            op: self.op,
+            source: self.source.clone(),
+            key: self.key.clone(),
+            before: self.before.clone(),
+            after: self.after.clone(),
+            unchanged: self.unchanged.clone(),
+            message: self.message.clone(),
+            json: OnceLock::new(),
+        }
+    }
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        self.position == o.position
+            && self.op == o.op
+            && self.source == o.source
+            && self.key == o.key
+            && self.before == o.before
+            && self.after == o.after
+            && self.unchanged == o.unchanged
+            && self.message == o.message
+    }
+}
+
+impl Serialize for Event {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut st = s.serialize_struct("Event", 8)?;
+        st.serialize_field("id", &self.id())?;
+        st.serialize_field("op", &self.op)?;
+        st.serialize_field("source", &self.source)?;
+        st.serialize_field("key", &self.key)?;
+        if let Some(message) = &self.message {
+            st.serialize_field("event", message)?;
+        } else {
+            st.serialize_field("before", &self.before)?;
+            st.serialize_field("after", &self.after)?;
+            let unchanged: Vec<&str> = self.unchanged.iter().map(|c| &**c).collect();
+            st.serialize_field("unchanged", &unchanged)?;
+        }
+        st.end()
+    }
+}
+
+/// Format microseconds since the Unix epoch as ISO 8601 UTC with microseconds,
+/// e.g. `2026-11-22T06:00:00.123456Z`.
+pub fn format_timestamp_micros(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let sod = secs.rem_euclid(86_400);
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian (year, month, day).
+/// (Howard Hinnant's `civil_from_days`.)
+pub fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn source() -> Source {
+        Source {
+            pipeline: "orders".into(),
+            schema: Some("public".into()),
+            table: Some("orders".into()),
+            lsn: Lsn(0x1A2B3A0),
+            commit_lsn: Lsn(0x1A2B3C4),
+            xid: Some(1234),
+            ts_micros: 1_795_327_200_123_456,
+        }
+    }
+
+    #[test]
+    fn insert_encodes_as_the_spec_envelope() {
+        let mut e = Event::new(Position::new(Lsn(0x1A2B3C4), 7), Op::Insert, source());
+        let mut key = Row::default();
+        key.push("id".into(), Value::Int(42));
+        let mut after = key.clone();
+        after.push("status".into(), Value::Text("paid".into()));
+        after.push("total".into(), Value::Text("19.90".into()));
+        after.push("tags".into(), Value::Array(vec![Value::Text("a".into())]));
+        after.push("meta".into(), Value::json(r#"{"k": 1}"#).unwrap());
+        after.push("blob".into(), Value::Bytes(vec![0, 1, 2]));
+        after.push("ratio".into(), Value::Float(f64::NAN));
+        e.key = Some(key);
+        e.after = Some(after);
+        let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "id": "0/1A2B3C4:7", "op": "insert",
+                "source": {"pipeline": "orders", "schema": "public", "table": "orders",
+                           "lsn": "0/1A2B3A0", "commit_lsn": "0/1A2B3C4", "xid": 1234,
+                           "ts": "2026-11-22T06:00:00.123456Z"},
+                "key": {"id": 42}, "before": null,
+                "after": {"id": 42, "status": "paid", "total": "19.90", "tags": ["a"],
+                          "meta": {"k": 1}, "blob": "AAEC", "ratio": "NaN"},
+                "unchanged": []
+            })
+        );
+    }
+
+    #[test]
+    fn message_events_carry_event_and_no_before_after() {
+        let mut e = Event::new(Position::new(Lsn(1), 0), Op::Event, source());
+        e.message = Some(Message {
+            id: Value::Text("m1".into()),
+            kind: Value::Text("OrderPaid".into()),
+            aggregate_type: Value::Text("order".into()),
+            aggregate_id: Value::Text("42".into()),
+            payload: Value::json("[1]").unwrap(),
+            headers: Value::Null,
+        });
+        let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
+        assert_eq!(v["event"]["type"], "OrderPaid");
+        assert!(v.get("before").is_none() && v.get("after").is_none());
+    }
+
+    #[test]
+    fn timestamps_format_before_and_after_the_epoch() {
+        assert_eq!(format_timestamp_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(format_timestamp_micros(-1), "1969-12-31T23:59:59.999999Z");
+        assert_eq!(
+            format_timestamp_micros(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
+    }
+}

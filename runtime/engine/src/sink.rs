@@ -1,0 +1,80 @@
+//! The sink contract: what a connector implements, and what it may assume.
+//!
+//! A sink only delivers and classifies. Batching, retries with backoff, offsets, ordering
+//! across retries, dead-lettering and shutdown live once, in the engine
+//! ([`crate::driver`]). A connector never sleeps to retry and never drops an event.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::event::Event;
+
+/// What happened to one event of a batch.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum Delivery {
+    /// The sink has it durably (for an HTTP receiver: it answered 2xx).
+    Delivered,
+    /// A transient failure (connection refused, timeout, 408, 429, 5xx, broker
+    /// unavailable). The engine retries it with backoff; it never goes to a DLQ.
+    /// `after` is the receiver's own wish (Retry-After), honoured as a minimum wait.
+    Retry {
+        reason: String,
+        after: Option<Duration>,
+    },
+    /// The event was not attempted because an earlier event with the same ordering key
+    /// in this batch did not get through. The engine retries it after that one.
+    Deferred,
+    /// A permanent failure: this event as it is can never succeed (4xx other than
+    /// 408/429, a document the sink rejects, an event it cannot encode).
+    Rejected { reason: String },
+}
+
+impl Delivery {
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Delivery::Retry {
+            reason: reason.into(),
+            after: None,
+        }
+    }
+
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Delivery::Rejected {
+            reason: reason.into(),
+        }
+    }
+
+    pub fn is_delivered(&self) -> bool {
+        matches!(self, Delivery::Delivered)
+    }
+}
+
+/// A destination of events.
+///
+/// Contract for implementors:
+/// - **Ordering**: `write` receives events in stream order. Events with the same
+///   [`Event::ordering_key`] must take effect in that order; events with different keys
+///   may be written concurrently. When an event of a key fails, every later event of that
+///   key in the batch must be answered [`Delivery::Deferred`] without being attempted.
+/// - **Concurrency**: the engine calls `write` on one sink from one task, one batch at a
+///   time; a sink may parallelise inside a batch.
+/// - **Idempotence**: delivery is at-least-once. After a crash or a retry the same event
+///   (same id, same position) may be written again; a sink makes that harmless where the
+///   destination allows (external versions, fences, stable ids).
+/// - **Result**: exactly one [`Delivery`] per input event, in input order.
+#[async_trait]
+pub trait Sink: Send {
+    /// Write a batch and say, per event, what happened.
+    async fn write(&mut self, batch: &[Arc<Event>]) -> Vec<Delivery>;
+
+    /// Check that the destination is reachable and accepts us; used by
+    /// `sluice validate --connect`. Defaults to no check.
+    async fn check(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Release connections. Called once, after the last `write`.
+    async fn close(&mut self) {}
+}
