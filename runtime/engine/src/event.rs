@@ -227,8 +227,13 @@ impl Event {
 
     /// A hash of what orders this event: table and key. Events with equal ordering keys
     /// must reach a sink in stream order; different keys may be delivered concurrently.
-    /// Keyless events share their table's ordering key, so they stay in order.
-    pub fn ordering_key(&self) -> u64 {
+    /// Keyless rows share their table's ordering key, so they stay in order. `None` marks a
+    /// barrier (a truncate): everything before it must take effect first, everything after
+    /// it afterwards. See [`crate::ordering::plan`].
+    pub fn ordering_key(&self) -> Option<u64> {
+        if self.op == Op::Truncate {
+            return None;
+        }
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.source.schema.hash(&mut h);
         self.source.table.hash(&mut h);
@@ -246,7 +251,7 @@ impl Event {
                 .hash(&mut h),
             (None, None) => {}
         }
-        h.finish()
+        Some(h.finish())
     }
 }
 

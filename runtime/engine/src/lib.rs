@@ -3,13 +3,31 @@
 //! - [`event`]: the envelope every stage sees;
 //! - [`lsn`]: WAL locations and stream positions;
 //! - [`sink`]: the contract sink connectors implement;
-//! - [`config`]: pipeline files (YAML, `${VAR}` interpolation, located errors).
+//! - [`ordering`]: how a sink may parallelise a batch without breaking per-key order;
+//! - [`config`]: pipeline files (YAML, `${VAR}` interpolation, located errors);
+//! - [`journal`]: the bounded log between the source and the sinks;
+//! - [`driver`]: one task per sink: batching, retries, offsets;
+//! - [`progress`]: every sink's position and what the slot may confirm;
+//! - [`state`]: offsets and sink status in SQLite;
+//! - [`engine`]: wires it all and runs until shutdown;
+//! - [`admin`]: health, readiness, metrics and status over HTTP.
 
+pub mod admin;
 pub mod config;
+pub mod driver;
+pub mod engine;
 pub mod event;
+pub mod journal;
 pub mod lsn;
+pub mod ordering;
+pub mod progress;
+pub mod shutdown;
 pub mod sink;
+pub mod source;
+pub mod state;
 
 pub use event::{Column, Event, Message, Op, Row, Source, Value};
 pub use lsn::{Lsn, Position};
+pub use shutdown::Shutdown;
 pub use sink::{Delivery, Sink};
+pub use source::{SourceContext, SourceError};

@@ -56,8 +56,10 @@ impl Delivery {
 /// Contract for implementors:
 /// - **Ordering**: `write` receives events in stream order. Events with the same
 ///   [`Event::ordering_key`] must take effect in that order; events with different keys
-///   may be written concurrently. When an event of a key fails, every later event of that
-///   key in the batch must be answered [`Delivery::Deferred`] without being attempted.
+///   may be written concurrently. A truncate (`ordering_key()` is `None`) is a barrier.
+///   When an event fails, every later event of its key, and every event after the next
+///   barrier, must be answered [`Delivery::Deferred`] without being attempted.
+///   [`crate::ordering::plan`] does this bookkeeping.
 /// - **Concurrency**: the engine calls `write` on one sink from one task, one batch at a
 ///   time; a sink may parallelise inside a batch.
 /// - **Idempotence**: delivery is at-least-once. After a crash or a retry the same event

@@ -7,8 +7,40 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serializer};
 
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse(&text).map_err(serde::de::Error::custom)
+    d.deserialize_any(DurationVisitor)
+}
+
+/// Accepts a string; a bare number gets an error that asks for a unit.
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a duration such as 50ms, 30s, 15m or 1h")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Duration, E> {
+        parse(v).map_err(E::custom)
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Duration, E> {
+        Err(E::custom(format!(
+            "`{v}` has no unit; write it like {v}ms or {v}s"
+        )))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Duration, E> {
+        Err(E::custom(format!(
+            "`{v}` is not a duration; write it like 50ms, 30s, 15m or 1h"
+        )))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Duration, E> {
+        Err(E::custom(format!(
+            "`{v}` is not a duration; write it like 1500ms or 1m 30s"
+        )))
+    }
 }
 
 pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -27,9 +59,13 @@ pub mod option {
     use super::*;
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Option::<String>::deserialize(d)?
-            .map(|t| parse(&t).map_err(serde::de::Error::custom))
-            .transpose()
+        struct Inner(Duration);
+        impl<'de> Deserialize<'de> for Inner {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                super::deserialize(d).map(Inner)
+            }
+        }
+        Ok(Option::<Inner>::deserialize(d)?.map(|s| s.0))
     }
 
     pub fn serialize<S: Serializer>(value: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -47,5 +83,23 @@ mod tests {
         assert_eq!(super::parse("50ms").unwrap().as_millis(), 50);
         assert_eq!(super::parse("15m").unwrap().as_secs(), 900);
         assert!(super::parse("fast").unwrap_err().contains("50ms"));
+    }
+
+    #[test]
+    fn bare_numbers_ask_for_a_unit() {
+        #[derive(Debug, serde::Deserialize)]
+        struct T {
+            #[serde(with = "super")]
+            #[allow(dead_code)]
+            d: std::time::Duration,
+            #[serde(default, with = "super::option")]
+            o: Option<std::time::Duration>,
+        }
+        let e = serde_json::from_str::<T>(r#"{"d": 50}"#).unwrap_err();
+        assert!(e.to_string().contains("50ms"), "{e}");
+        let t: T = serde_json::from_str(r#"{"d": "1s", "o": "2s"}"#).unwrap();
+        assert_eq!(t.o.unwrap().as_secs(), 2);
+        let t: T = serde_json::from_str(r#"{"d": "1s", "o": null}"#).unwrap();
+        assert!(t.o.is_none());
     }
 }

@@ -1,0 +1,235 @@
+//! The engine: wires one source, the journal, one driver per sink, the offset committer
+//! and the admin server, and runs them until shutdown.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::admin::{self, AdminState};
+use crate::driver::{DeliverySettings, SinkDriver, SinkStop};
+use crate::journal::{Journal, ReaderId};
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
+use crate::sink::Sink;
+use crate::source::{Source, SourceContext, SourceError};
+use crate::state::{StateError, StateStore};
+
+/// A sink ready to run.
+pub struct SinkSpec {
+    pub name: String,
+    pub sink: Box<dyn Sink>,
+    pub settings: DeliverySettings,
+}
+
+pub struct EngineOptions {
+    pub pipeline: String,
+    pub admin: Option<SocketAddr>,
+    /// Journal capacity in entries: how far the slowest sink may fall behind before the
+    /// source pauses.
+    pub journal_capacity: usize,
+    /// How long draining may take before retries are abandoned.
+    pub drain_timeout: Duration,
+    /// How often offsets are written to the state store at most.
+    pub commit_interval: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("admin server on {addr}: {source}")]
+    Admin {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("source failed: {0}")]
+    Source(SourceError),
+    #[error("{} sink(s) stopped: {}", .0.len(), .0.join("; "))]
+    SinksStopped(Vec<String>),
+}
+
+/// Run the pipeline until shutdown. Returns an error when the source failed for good or a
+/// sink stopped (its offset is kept, so the next run resumes it).
+pub async fn run(
+    options: EngineOptions,
+    store: StateStore,
+    sinks: Vec<SinkSpec>,
+    source: Box<dyn Source>,
+    shutdown: Shutdown,
+) -> Result<(), EngineError> {
+    let offsets = store.offsets()?;
+    for spec in &sinks {
+        store.set_sink_status(&spec.name, "running", None)?;
+    }
+    let progress = Progress::new(
+        sinks
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    offsets.get(&s.name).copied().unwrap_or_default(),
+                )
+            })
+            .collect(),
+    );
+    let store = Arc::new(Mutex::new(store));
+    let journal = Journal::new(options.journal_capacity);
+    let readers: Vec<ReaderId> = sinks.iter().map(|_| journal.register()).collect();
+
+    let admin_state = AdminState {
+        pipeline: options.pipeline.clone(),
+        progress: progress.clone(),
+        journal: journal.clone(),
+        readers: readers.clone(),
+    };
+    let admin_task = match options.admin {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| EngineError::Admin { addr, source })?;
+            tracing::info!(%addr, "admin server listening");
+            Some(tokio::spawn(admin::serve(listener, admin_state)))
+        }
+        None => None,
+    };
+
+    let committer = tokio::spawn(commit_offsets(
+        progress.clone(),
+        store.clone(),
+        options.commit_interval,
+    ));
+
+    let mut drivers = Vec::new();
+    for (spec, reader) in sinks.into_iter().zip(readers) {
+        let sink_progress = progress.sink(&spec.name).expect("registered above").clone();
+        let driver = SinkDriver {
+            sink: spec.sink,
+            journal: journal.clone(),
+            reader,
+            settings: spec.settings,
+            progress: sink_progress.clone(),
+            shutdown: shutdown.clone(),
+        };
+        let (journal, store, progress, shutdown) = (
+            journal.clone(),
+            store.clone(),
+            progress.clone(),
+            shutdown.clone(),
+        );
+        drivers.push(tokio::spawn(async move {
+            let result = driver.run().await;
+            match &result {
+                Ok(()) => tracing::info!(sink = %sink_progress.name, "sink drained"),
+                Err(SinkStop::Interrupted) => {
+                    tracing::warn!(sink = %sink_progress.name, "sink interrupted while retrying; its offset is kept")
+                }
+                Err(stop) => {
+                    let reason = stop.to_string();
+                    tracing::error!(sink = %sink_progress.name, %reason, "sink stopped; the slot keeps its WAL until it is fixed and restarted");
+                    sink_progress.stop(reason.clone());
+                    journal.detach(reader);
+                    let status = store.lock().unwrap().set_sink_status(&sink_progress.name, "stopped", Some(&reason));
+                    if let Err(e) = status {
+                        tracing::error!(error = %e, "cannot record the sink's status");
+                    }
+                    if progress.sinks().iter().all(|s| s.stopped().is_some()) {
+                        tracing::error!("every sink has stopped; shutting down");
+                        shutdown.drain();
+                    }
+                }
+            }
+            result
+        }));
+    }
+
+    // Abort retries if draining takes too long.
+    let drain_guard = {
+        let (shutdown, timeout) = (shutdown.clone(), options.drain_timeout);
+        tokio::spawn(async move {
+            shutdown.draining().await;
+            tokio::time::sleep(timeout).await;
+            if !shutdown.is_aborting() {
+                tracing::warn!(timeout = ?timeout, "drain timed out; abandoning retries");
+                shutdown.abort();
+            }
+        })
+    };
+
+    let ctx = SourceContext {
+        journal: journal.clone(),
+        progress: progress.clone(),
+        shutdown: shutdown.clone(),
+    };
+    let source_result = source.run(ctx).await;
+    if let Err(e) = &source_result {
+        tracing::error!(error = %e, "source failed; draining sinks");
+        shutdown.drain();
+    }
+    journal.close();
+    let mut stopped = Vec::new();
+    for (driver, sink) in drivers.into_iter().zip(progress.sinks()) {
+        if let Ok(Err(stop)) = driver.await {
+            if !matches!(stop, SinkStop::Interrupted) {
+                stopped.push(format!("{}: {stop}", sink.name));
+            }
+        }
+    }
+    committer.abort();
+    flush_offsets(&progress, &store).await;
+    drain_guard.abort();
+    if let Some(task) = admin_task {
+        task.abort();
+    }
+    source_result.map_err(EngineError::Source)?;
+    if stopped.is_empty() {
+        Ok(())
+    } else {
+        Err(EngineError::SinksStopped(stopped))
+    }
+}
+
+/// Write finished offsets to the state store, at most every `interval`, and mark them
+/// durable so the source may confirm them to Postgres.
+async fn commit_offsets(
+    progress: Arc<Progress>,
+    store: Arc<Mutex<StateStore>>,
+    interval: Duration,
+) {
+    loop {
+        tokio::time::sleep(interval).await;
+        flush_offsets(&progress, &store).await;
+    }
+}
+
+pub(crate) async fn flush_offsets(progress: &Arc<Progress>, store: &Arc<Mutex<StateStore>>) {
+    let dirty: Vec<_> = progress
+        .sinks()
+        .iter()
+        .filter_map(|s| s.take_dirty().map(|(seq, offset)| (s.clone(), seq, offset)))
+        .collect();
+    if dirty.is_empty() {
+        return;
+    }
+    let rows: Vec<_> = dirty.iter().map(|(s, _, o)| (s.name.clone(), *o)).collect();
+    let store = store.clone();
+    let saved =
+        tokio::task::spawn_blocking(move || store.lock().unwrap().save_offsets(&rows)).await;
+    match saved {
+        Ok(Ok(())) => {
+            for (sink, seq, offset) in dirty {
+                sink.mark_durable(seq, offset);
+            }
+        }
+        failed => {
+            let error = match failed {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+                Ok(Ok(())) => unreachable!(),
+            };
+            tracing::error!(%error, "cannot commit offsets; will retry, and the slot does not advance meanwhile");
+            for (sink, _, _) in dirty {
+                sink.redirty();
+            }
+        }
+    }
+}

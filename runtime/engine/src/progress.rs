@@ -1,0 +1,257 @@
+//! Where every sink stands, and what the slot may therefore confirm.
+//!
+//! Each sink driver records what it has delivered ([`SinkProgress::advance`]); the offset
+//! committer makes that durable in the state store and marks it
+//! ([`SinkProgress::mark_durable`]); the source's status task asks
+//! [`Progress::confirmable_lsn`] what it may report to Postgres as flushed. Only durable
+//! positions count, so the slot never forgets WAL that a crash would need.
+
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+
+use crate::lsn::{Lsn, Position};
+
+/// A sink's committed position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offset {
+    /// The last event delivered; nothing at or before it is delivered again.
+    pub position: Position,
+    /// The end LSN of the last transaction delivered whole: the slot may confirm this.
+    pub flush_lsn: Lsn,
+    /// Commit time of the last delivered event (microseconds since the Unix epoch).
+    pub commit_ts_micros: i64,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Journal sequence number after the last entry this sink has finished.
+    done_seq: u64,
+    offset: Offset,
+    durable_seq: u64,
+    durable: Offset,
+    dirty: bool,
+    stopped: Option<String>,
+}
+
+/// Counters of one sink, exported as Prometheus metrics with a `sink` label.
+#[derive(Default)]
+pub struct SinkCounters {
+    pub delivered: AtomicU64,
+    pub retries: AtomicU64,
+    pub rejected: AtomicU64,
+    pub skipped: AtomicU64,
+    pub batches: AtomicU64,
+}
+
+/// The progress of one sink.
+pub struct SinkProgress {
+    pub name: String,
+    pub counters: SinkCounters,
+    state: Mutex<SinkState>,
+}
+
+impl SinkProgress {
+    /// The position this sink had committed before this run.
+    pub fn committed(&self) -> Offset {
+        self.state.lock().unwrap().offset
+    }
+
+    /// Record that every journal entry before `done_seq` is finished, up to `offset`.
+    pub fn advance(&self, done_seq: u64, offset: Offset) {
+        let mut s = self.state.lock().unwrap();
+        s.done_seq = done_seq;
+        if offset != s.offset {
+            s.offset = offset;
+            s.dirty = true;
+        }
+    }
+
+    /// The offset committer wrote this offset durably.
+    pub fn mark_durable(&self, done_seq: u64, offset: Offset) {
+        let mut s = self.state.lock().unwrap();
+        s.durable_seq = s.durable_seq.max(done_seq);
+        s.durable = offset;
+    }
+
+    /// Take what is not yet written to the state store.
+    pub fn take_dirty(&self) -> Option<(u64, Offset)> {
+        let mut s = self.state.lock().unwrap();
+        if !s.dirty {
+            // Nothing new to write, but entries without events (commits) may have finished.
+            if s.done_seq > s.durable_seq && s.offset == s.durable {
+                s.durable_seq = s.done_seq;
+            }
+            return None;
+        }
+        s.dirty = false;
+        Some((s.done_seq, s.offset))
+    }
+
+    /// Writing the offset taken by [`Self::take_dirty`] failed: write it next time.
+    pub fn redirty(&self) {
+        self.state.lock().unwrap().dirty = true;
+    }
+
+    pub fn durable(&self) -> (u64, Offset) {
+        let s = self.state.lock().unwrap();
+        (s.durable_seq, s.durable)
+    }
+
+    /// Stop this sink for good in this run, with the reason shown in `status`.
+    pub fn stop(&self, reason: String) {
+        self.state.lock().unwrap().stopped = Some(reason);
+    }
+
+    pub fn stopped(&self) -> Option<String> {
+        self.state.lock().unwrap().stopped.clone()
+    }
+}
+
+/// What the source knew when it last saw the server idle.
+#[derive(Clone, Copy, Debug)]
+struct IdleMark {
+    /// The journal head when the keepalive arrived outside any transaction.
+    seq: u64,
+    /// The server's WAL end in that keepalive.
+    wal_end: Lsn,
+}
+
+/// Progress of the whole pipeline: the source's and every sink's.
+pub struct Progress {
+    sinks: Vec<Arc<SinkProgress>>,
+    idle: Mutex<Option<IdleMark>>,
+    /// The last WAL position the source received.
+    pub received_lsn: AtomicU64,
+    /// The server's WAL end as last reported (keepalives and data).
+    pub server_wal_end: AtomicU64,
+    /// The last LSN reported to Postgres as flushed.
+    pub confirmed_lsn: AtomicU64,
+    pub streaming: AtomicBool,
+    pub events_read: AtomicU64,
+    pub transactions_read: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+impl Progress {
+    /// `sinks`: each sink's name and its committed offset from the state store.
+    pub fn new(sinks: Vec<(String, Offset)>) -> Arc<Self> {
+        let sinks = sinks
+            .into_iter()
+            .map(|(name, offset)| {
+                Arc::new(SinkProgress {
+                    name,
+                    counters: SinkCounters::default(),
+                    state: Mutex::new(SinkState {
+                        offset,
+                        durable: offset,
+                        ..Default::default()
+                    }),
+                })
+            })
+            .collect();
+        Arc::new(Progress {
+            sinks,
+            idle: Mutex::new(None),
+            received_lsn: AtomicU64::new(0),
+            server_wal_end: AtomicU64::new(0),
+            confirmed_lsn: AtomicU64::new(0),
+            streaming: AtomicBool::new(false),
+            events_read: AtomicU64::new(0),
+            transactions_read: AtomicU64::new(0),
+            reconnects: AtomicU64::new(0),
+        })
+    }
+
+    pub fn sinks(&self) -> &[Arc<SinkProgress>] {
+        &self.sinks
+    }
+
+    pub fn sink(&self, name: &str) -> Option<&Arc<SinkProgress>> {
+        self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// The lowest position any sink has committed: where streaming must resume.
+    pub fn resume_lsn(&self) -> Lsn {
+        self.sinks
+            .iter()
+            .map(|s| s.durable().1.flush_lsn)
+            .min()
+            .unwrap_or(Lsn::ZERO)
+    }
+
+    /// The source saw a keepalive with `wal_end` while outside any transaction, with the
+    /// journal's head at `seq`: once every sink has durably finished `seq`, nothing before
+    /// `wal_end` is still needed.
+    pub fn record_idle(&self, seq: u64, wal_end: Lsn) {
+        *self.idle.lock().unwrap() = Some(IdleMark { seq, wal_end });
+    }
+
+    /// The source entered a transaction: the idle mark no longer describes the present.
+    pub fn clear_idle(&self) {
+        *self.idle.lock().unwrap() = None;
+    }
+
+    /// Whether every sink has durably finished everything in the journal up to `head`.
+    pub fn all_durable(&self, head: u64) -> bool {
+        self.sinks.iter().all(|s| s.durable().0 >= head)
+    }
+
+    /// What the slot may confirm as flushed: the lowest durable transaction end of all
+    /// sinks (stopped ones included, so their WAL is kept), or the server's WAL end when
+    /// every sink has durably finished everything the source saw before it was idle.
+    pub fn confirmable_lsn(&self) -> Lsn {
+        let min_flush = self.resume_lsn();
+        let idle = *self.idle.lock().unwrap();
+        match idle {
+            Some(mark) if self.all_durable(mark.seq) => min_flush.max(mark.wal_end),
+            _ => min_flush,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn offset(commit: u64, index: u32, flush: u64) -> Offset {
+        Offset {
+            position: Position::new(Lsn(commit), index),
+            flush_lsn: Lsn(flush),
+            commit_ts_micros: 0,
+        }
+    }
+
+    #[test]
+    fn the_slot_confirms_only_what_every_sink_has_made_durable() {
+        let p = Progress::new(vec![
+            ("a".into(), Offset::default()),
+            ("b".into(), Offset::default()),
+        ]);
+        let (a, b) = (&p.sinks()[0], &p.sinks()[1]);
+        a.advance(10, offset(100, 3, 108));
+        b.advance(10, offset(100, 3, 108));
+        assert_eq!(p.confirmable_lsn(), Lsn(0), "delivered is not yet durable");
+        let (seq, off) = a.take_dirty().unwrap();
+        a.mark_durable(seq, off);
+        assert_eq!(p.confirmable_lsn(), Lsn(0), "b is not durable yet");
+        let (seq, off) = b.take_dirty().unwrap();
+        b.mark_durable(seq, off);
+        assert_eq!(p.confirmable_lsn(), Lsn(108));
+    }
+
+    #[test]
+    fn an_idle_server_lets_the_slot_advance_once_everything_is_durable() {
+        let p = Progress::new(vec![("a".into(), offset(100, 0, 108))]);
+        let a = &p.sinks()[0];
+        p.record_idle(5, Lsn(5000));
+        assert_eq!(p.confirmable_lsn(), Lsn(108), "sink has not finished seq 5");
+        a.advance(5, offset(100, 0, 108));
+        assert!(
+            a.take_dirty().is_none(),
+            "no new offset, only commits finished"
+        );
+        assert_eq!(p.confirmable_lsn(), Lsn(5000));
+        p.clear_idle();
+        assert_eq!(p.confirmable_lsn(), Lsn(108));
+    }
+}
