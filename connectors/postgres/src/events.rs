@@ -1,0 +1,487 @@
+//! From pgoutput messages to envelopes: the relation cache, key extraction, TOAST
+//! handling, the outbox and logical messages.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use sluice_runtime::journal::Entry;
+use sluice_runtime::{Event, Lsn, Message, Op, Position, Row, Source, Value};
+use tokio_postgres::Client;
+
+use crate::options::{PostgresOptions, TableRef};
+use crate::pgoutput::{LogicalMessage, OldTuple, TupleValue};
+use crate::types::{Kind, TypeRegistry};
+use crate::values::convert_tuple_value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("change for relation {0} before its Relation message")]
+    UnknownRelation(u32),
+    #[error("{table}.{column}: {message}")]
+    Value {
+        table: String,
+        column: String,
+        message: String,
+    },
+    #[error("row of {table} has {got} columns, its Relation message says {expected}")]
+    Arity {
+        table: String,
+        expected: usize,
+        got: usize,
+    },
+    #[error("{0} outside a transaction")]
+    NoTransaction(&'static str),
+    #[error("streamed transactions were not requested but the server sent {0}")]
+    Streaming(&'static str),
+    #[error("catalog lookup: {0}")]
+    Catalog(#[from] tokio_postgres::Error),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// A captured table: its changes become events.
+    Table,
+    /// The outbox: inserts become `op: event`, the rest is ignored.
+    Outbox,
+    /// Published but not captured by this pipeline.
+    Ignored,
+}
+
+struct Column {
+    name: Arc<str>,
+    kind: Kind,
+}
+
+struct Relation {
+    schema: Arc<str>,
+    table: Arc<str>,
+    columns: Vec<Column>,
+    /// Indices of the key columns: the primary key, else the replica identity.
+    key: Vec<usize>,
+    role: Role,
+}
+
+struct Transaction {
+    xid: u32,
+    commit_lsn: Lsn,
+    ts: i64,
+    /// Index of the next change in this transaction (counting every change message,
+    /// captured or not, so indices are the same each time the transaction is resent).
+    next_index: u32,
+}
+
+/// Turns pgoutput messages into journal entries.
+pub struct EventBuilder {
+    pipeline: Arc<str>,
+    tables: HashSet<TableRef>,
+    outbox: Option<TableRef>,
+    messages: HashSet<String>,
+    relations: HashMap<u32, Relation>,
+    types: TypeRegistry,
+    tx: Option<Transaction>,
+}
+
+impl EventBuilder {
+    pub fn new(o: &PostgresOptions) -> Self {
+        EventBuilder {
+            pipeline: o.pipeline.as_str().into(),
+            tables: o.tables.iter().cloned().collect(),
+            outbox: o.outbox.clone(),
+            messages: o.messages.iter().cloned().collect(),
+            relations: HashMap::new(),
+            types: TypeRegistry::builtin(),
+            tx: None,
+        }
+    }
+
+    /// A new replication session resends Relation messages; forget the old ones and any
+    /// transaction cut off by the disconnect.
+    pub fn reset_session(&mut self) {
+        self.relations.clear();
+        self.tx = None;
+    }
+
+    pub fn in_transaction(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Handle one message; changes and commits are pushed to `out`. `lsn` is the WAL
+    /// position of the message (the XLogData start).
+    pub async fn handle(
+        &mut self,
+        msg: LogicalMessage,
+        lsn: Lsn,
+        client: &Client,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), BuildError> {
+        match msg {
+            LogicalMessage::Begin {
+                final_lsn,
+                commit_ts,
+                xid,
+            } => {
+                self.tx = Some(Transaction {
+                    xid,
+                    commit_lsn: final_lsn,
+                    ts: commit_ts,
+                    next_index: 0,
+                });
+            }
+            LogicalMessage::Commit {
+                commit_lsn,
+                end_lsn,
+                ..
+            } => {
+                self.tx.take().ok_or(BuildError::NoTransaction("Commit"))?;
+                out.push(Entry::Commit {
+                    commit_lsn,
+                    end_lsn,
+                });
+            }
+            LogicalMessage::Relation {
+                rel_id,
+                namespace,
+                name,
+                replica_identity,
+                columns,
+                ..
+            } => {
+                let table = TableRef::new(namespace, name);
+                let role = if self.outbox.as_ref() == Some(&table) {
+                    Role::Outbox
+                } else if self.tables.contains(&table) {
+                    Role::Table
+                } else {
+                    Role::Ignored
+                };
+                let mut cols = Vec::with_capacity(columns.len());
+                for c in &columns {
+                    let kind = match self.types.kind(c.type_oid) {
+                        Some(k) => k.clone(),
+                        None => self.types.resolve(client, c.type_oid).await?,
+                    };
+                    cols.push(Column {
+                        name: c.name.as_str().into(),
+                        kind,
+                    });
+                }
+                let mut key: Vec<usize> = columns
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, c)| c.is_key)
+                    .map(|(i, _)| i)
+                    .collect();
+                if replica_identity == b'f' || key.is_empty() {
+                    let pk = primary_key(client, rel_id).await?;
+                    key = cols
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, c)| pk.iter().any(|k| **k == *c.name))
+                        .map(|(i, _)| i)
+                        .collect();
+                }
+                self.relations.insert(
+                    rel_id,
+                    Relation {
+                        schema: table.schema.into(),
+                        table: table.name.into(),
+                        columns: cols,
+                        key,
+                        role,
+                    },
+                );
+            }
+            LogicalMessage::Insert { rel_id, new, .. } => {
+                let Some((rel, source, position)) = self.change(rel_id, lsn)? else {
+                    return Ok(());
+                };
+                let after = row(rel, &new, &mut Vec::new())?;
+                let event = match rel.role {
+                    Role::Outbox => outbox_event(position, source, after),
+                    _ => {
+                        let mut e = Event::new(position, Op::Insert, source);
+                        e.key = key_of(rel, &after);
+                        e.after = Some(after);
+                        e
+                    }
+                };
+                push(out, event);
+            }
+            LogicalMessage::Update {
+                rel_id, old, new, ..
+            } => {
+                let Some((rel, source, position)) = self.change(rel_id, lsn)? else {
+                    return Ok(());
+                };
+                if rel.role == Role::Outbox {
+                    return Ok(());
+                }
+                let mut e = Event::new(position, Op::Update, source);
+                let mut unchanged = Vec::new();
+                let after = row(rel, &new, &mut unchanged)?;
+                e.before = old.as_ref().map(|o| old_row(rel, o)).transpose()?;
+                e.key = key_of(rel, &after);
+                e.after = Some(after);
+                e.unchanged = unchanged;
+                push(out, e);
+            }
+            LogicalMessage::Delete { rel_id, old, .. } => {
+                let Some((rel, source, position)) = self.change(rel_id, lsn)? else {
+                    return Ok(());
+                };
+                if rel.role == Role::Outbox {
+                    return Ok(());
+                }
+                let mut e = Event::new(position, Op::Delete, source);
+                let before = old_row(rel, &old)?;
+                e.key = key_of(rel, &before);
+                e.before = Some(before);
+                push(out, e);
+            }
+            LogicalMessage::Truncate { rel_ids, .. } => {
+                for rel_id in rel_ids {
+                    let Some((rel, source, position)) = self.change(rel_id, lsn)? else {
+                        continue;
+                    };
+                    if rel.role == Role::Table {
+                        push(out, Event::new(position, Op::Truncate, source));
+                    }
+                }
+            }
+            LogicalMessage::Message {
+                transactional,
+                lsn: msg_lsn,
+                prefix,
+                content,
+                ..
+            } => {
+                let (position, xid, commit_lsn, ts) = if transactional {
+                    let tx = self
+                        .tx
+                        .as_mut()
+                        .ok_or(BuildError::NoTransaction("transactional Message"))?;
+                    let p = Position::new(tx.commit_lsn, tx.next_index);
+                    tx.next_index += 1;
+                    (p, Some(tx.xid), tx.commit_lsn, tx.ts)
+                } else {
+                    (Position::new(msg_lsn, 0), None, msg_lsn, now_micros())
+                };
+                if !self.messages.contains(&prefix) {
+                    return Ok(());
+                }
+                let source = Source {
+                    pipeline: self.pipeline.clone(),
+                    schema: None,
+                    table: None,
+                    lsn: msg_lsn,
+                    commit_lsn,
+                    xid,
+                    ts_micros: ts,
+                };
+                push(out, message_event(position, source, &prefix, &content));
+                if !transactional {
+                    // Stands alone: let the slot move past it once delivered.
+                    out.push(Entry::Commit {
+                        commit_lsn: msg_lsn,
+                        end_lsn: Lsn(msg_lsn.0 + 1),
+                    });
+                }
+            }
+            LogicalMessage::Type { .. } | LogicalMessage::Origin { .. } => {}
+            LogicalMessage::StreamStart { .. } => {
+                return Err(BuildError::Streaming("Stream Start"))
+            }
+            LogicalMessage::StreamStop => return Err(BuildError::Streaming("Stream Stop")),
+            LogicalMessage::StreamCommit { .. } => {
+                return Err(BuildError::Streaming("Stream Commit"))
+            }
+            LogicalMessage::StreamAbort { .. } => {
+                return Err(BuildError::Streaming("Stream Abort"))
+            }
+        }
+        Ok(())
+    }
+
+    /// Claim the next index in the transaction for a change of `rel_id`; `None` when the
+    /// relation is not captured by this pipeline.
+    fn change(
+        &mut self,
+        rel_id: u32,
+        lsn: Lsn,
+    ) -> Result<Option<(&Relation, Source, Position)>, BuildError> {
+        let tx = self
+            .tx
+            .as_mut()
+            .ok_or(BuildError::NoTransaction("change"))?;
+        let position = Position::new(tx.commit_lsn, tx.next_index);
+        tx.next_index += 1;
+        let rel = self
+            .relations
+            .get(&rel_id)
+            .ok_or(BuildError::UnknownRelation(rel_id))?;
+        if rel.role == Role::Ignored {
+            return Ok(None);
+        }
+        let source = Source {
+            pipeline: self.pipeline.clone(),
+            schema: Some(rel.schema.clone()),
+            table: Some(rel.table.clone()),
+            lsn,
+            commit_lsn: tx.commit_lsn,
+            xid: Some(tx.xid),
+            ts_micros: tx.ts,
+        };
+        Ok(Some((rel, source, position)))
+    }
+}
+
+fn push(out: &mut Vec<Entry>, event: Event) {
+    out.push(Entry::Event(Arc::new(event)));
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn primary_key(client: &Client, rel_id: u32) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "select a.attname::text from pg_index i
+               join pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+              where i.indrelid = $1::oid and i.indisprimary",
+            &[&rel_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// A row from a tuple; unchanged TOAST values are left out and named in `unchanged`.
+fn row(
+    rel: &Relation,
+    values: &[TupleValue],
+    unchanged: &mut Vec<Arc<str>>,
+) -> Result<Row, BuildError> {
+    if values.len() != rel.columns.len() {
+        return Err(BuildError::Arity {
+            table: format!("{}.{}", rel.schema, rel.table),
+            expected: rel.columns.len(),
+            got: values.len(),
+        });
+    }
+    let mut row = Row(Vec::with_capacity(values.len()));
+    for (col, value) in rel.columns.iter().zip(values) {
+        match convert_tuple_value(&col.kind, value) {
+            Ok(Some(v)) => row.push(col.name.clone(), v),
+            Ok(None) => unchanged.push(col.name.clone()),
+            Err(e) => {
+                return Err(BuildError::Value {
+                    table: format!("{}.{}", rel.schema, rel.table),
+                    column: col.name.to_string(),
+                    message: e.to_string(),
+                })
+            }
+        }
+    }
+    Ok(row)
+}
+
+/// `before` from an old tuple: the whole row for REPLICA IDENTITY FULL, else the key.
+fn old_row(rel: &Relation, old: &OldTuple) -> Result<Row, BuildError> {
+    let full = row(rel, old.values(), &mut Vec::new())?;
+    Ok(match old {
+        OldTuple::Full(_) => full,
+        OldTuple::Key(_) => Row(full
+            .0
+            .into_iter()
+            .filter(|c| !matches!(c.value, Value::Null))
+            .collect()),
+    })
+}
+
+fn key_of(rel: &Relation, row: &Row) -> Option<Row> {
+    if rel.key.is_empty() {
+        return None;
+    }
+    let mut key = Row(Vec::with_capacity(rel.key.len()));
+    for &i in &rel.key {
+        let name = &rel.columns[i].name;
+        key.push(name.clone(), row.get(name)?.clone());
+    }
+    Some(key)
+}
+
+/// An outbox row as an `op: event` envelope (columns id, aggregate_type, aggregate_id,
+/// type, payload, headers).
+fn outbox_event(position: Position, source: Source, row: Row) -> Event {
+    let field = |name: &str| row.get(name).cloned().unwrap_or(Value::Null);
+    let mut e = Event::new(position, Op::Event, source);
+    let aggregate_id = field("aggregate_id");
+    let mut key = Row::default();
+    key.push("aggregate_id".into(), aggregate_id.clone());
+    e.key = Some(key);
+    e.message = Some(Message {
+        id: field("id"),
+        kind: field("type"),
+        aggregate_type: field("aggregate_type"),
+        aggregate_id,
+        payload: field("payload"),
+        headers: field("headers"),
+    });
+    e
+}
+
+/// A logical message as an `op: event` envelope. A JSON object content may give `id`,
+/// `type`, `aggregate_type`, `aggregate_id`, `payload` and `headers`; otherwise the whole
+/// content is the payload (JSON when it parses, else text) and the prefix is the type.
+fn message_event(position: Position, source: Source, prefix: &str, content: &[u8]) -> Event {
+    let text = String::from_utf8_lossy(content);
+    let parsed: Option<serde_json::Map<String, serde_json::Value>> = serde_json::from_str(&text)
+        .ok()
+        .filter(|m: &serde_json::Map<_, _>| m.contains_key("payload"));
+    let message = match parsed {
+        Some(map) => {
+            let get = |k: &str| {
+                map.get(k)
+                    .map(|v| Value::json(&v.to_string()).unwrap_or(Value::Null))
+                    .unwrap_or(Value::Null)
+            };
+            let kind = match get("type") {
+                Value::Null => Value::Text(prefix.into()),
+                v => v,
+            };
+            Message {
+                id: match get("id") {
+                    Value::Null => Value::Text(position.to_string()),
+                    v => v,
+                },
+                kind,
+                aggregate_type: match get("aggregate_type") {
+                    Value::Null => Value::Text(prefix.into()),
+                    v => v,
+                },
+                aggregate_id: get("aggregate_id"),
+                payload: get("payload"),
+                headers: get("headers"),
+            }
+        }
+        None => Message {
+            id: Value::Text(position.to_string()),
+            kind: Value::Text(prefix.into()),
+            aggregate_type: Value::Text(prefix.into()),
+            aggregate_id: Value::Null,
+            payload: Value::json(&text).unwrap_or_else(|| Value::Text(text.into_owned())),
+            headers: Value::Null,
+        },
+    };
+    let mut e = Event::new(position, Op::Event, source);
+    if !matches!(message.aggregate_id, Value::Null) {
+        let mut key = Row::default();
+        key.push("aggregate_id".into(), message.aggregate_id.clone());
+        e.key = Some(key);
+    }
+    e.message = Some(message);
+    e
+}

@@ -1,0 +1,58 @@
+//! What the Postgres source needs to know, independent of how the pipeline file spells it.
+
+use std::fmt;
+
+/// A schema-qualified table name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableRef {
+    pub schema: String,
+    pub name: String,
+}
+
+impl TableRef {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
+        TableRef {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `"schema"."name"`, quoted for SQL.
+    pub fn quoted(&self) -> String {
+        format!(
+            "{}.{}",
+            crate::setup::ident(&self.schema),
+            crate::setup::ident(&self.name)
+        )
+    }
+}
+
+impl fmt::Display for TableRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.schema, self.name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PostgresOptions {
+    pub pipeline: String,
+    /// libpq-style URL; contains secrets, never logged.
+    pub url: String,
+    pub slot: String,
+    pub publication: String,
+    pub tables: Vec<TableRef>,
+    /// The outbox table: its inserts become `op: event` envelopes.
+    pub outbox: Option<TableRef>,
+    /// `pg_logical_emit_message` prefixes captured as events.
+    pub messages: Vec<String>,
+    /// How often standby status updates are sent (and the server asked for its WAL end
+    /// when idle).
+    pub status_interval: std::time::Duration,
+}
+
+impl PostgresOptions {
+    /// Every table the publication must contain: the captured tables and the outbox.
+    pub fn captured_tables(&self) -> impl Iterator<Item = &TableRef> {
+        self.tables.iter().chain(self.outbox.iter())
+    }
+}
