@@ -1,1 +1,90 @@
-fn main() {}
+//! `sluice`: one pipeline per process, from PostgreSQL's committed changes to every sink.
+//!
+//! Exit status: 0 success, 1 runtime failure, 2 bad input (file, flags, envelope).
+
+mod commands;
+mod logging;
+mod registry;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "PostgreSQL change streams to webhooks, caches, search and Kafka"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline until SIGINT/SIGTERM; drains and commits on shutdown.
+    Run { pipeline: PathBuf },
+    /// Check the pipeline file; with --connect also PostgreSQL and the sinks.
+    Validate {
+        pipeline: PathBuf,
+        /// Also connect: wal_level, tables, replication rights, sinks.
+        #[arg(long)]
+        connect: bool,
+    },
+    /// Per sink: committed position, lag, queue; the slot's state.
+    Status {
+        pipeline: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop the slot and the publication (stops WAL retention) and forget offsets.
+    Teardown { pipeline: PathBuf },
+}
+
+/// A failure with the exit status it calls for.
+pub enum Failure {
+    /// Bad input: exit 2.
+    Input(String),
+    /// Runtime failure: exit 1.
+    Runtime(String),
+}
+
+impl From<sluice_runtime::config::ConfigError> for Failure {
+    fn from(e: sluice_runtime::config::ConfigError) -> Self {
+        Failure::Input(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { pipeline } => commands::run::run(&pipeline).await,
+            Command::Validate { pipeline, connect } => {
+                commands::validate::run(&pipeline, connect).await
+            }
+            Command::Status { pipeline, json } => commands::status::run(&pipeline, json).await,
+            Command::Teardown { pipeline } => commands::teardown::run(&pipeline).await,
+        }
+    });
+    // Do not wait for stray background tasks (catalog connections, HTTP pools).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Input(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! One module per subcommand.
+
+pub mod run;
+pub mod status;
+pub mod teardown;
+pub mod validate;
+
+use std::path::Path;
+use std::time::Duration;
+
+use sluice_postgres::{PostgresOptions, TableRef};
+use sluice_runtime::config::{self, ConfigError, Pipeline, Snapshot};
+
+use crate::registry::SINK_TYPES;
+use crate::Failure;
+
+/// Load the pipeline file and refuse what this build cannot run yet.
+pub fn load(path: &Path) -> Result<Pipeline, Failure> {
+    let pipeline = config::load(path, SINK_TYPES)?;
+    if !pipeline.transforms.is_empty() || pipeline.sinks.iter().any(|s| !s.transforms.is_empty()) {
+        return Err(ConfigError::unlocated(
+            path,
+            "transforms",
+            "WebAssembly transforms are not available in this build yet; remove `transforms:` to run this pipeline",
+        )
+        .into());
+    }
+    if pipeline.source.snapshot == Snapshot::Initial {
+        return Err(ConfigError::unlocated(
+            path,
+            "source.snapshot",
+            "`snapshot: initial` is not available in this build yet; use `never` (stream changes from now on)",
+        )
+        .into());
+    }
+    Ok(pipeline)
+}
+
+pub fn postgres_options(p: &Pipeline) -> PostgresOptions {
+    let table = |t: &config::TableName| TableRef::new(t.schema.clone(), t.name.clone());
+    PostgresOptions {
+        pipeline: p.name.clone(),
+        url: p.source.url.expose().to_string(),
+        slot: p.source.slot.clone(),
+        publication: p.source.publication.clone(),
+        tables: p.source.tables.iter().map(table).collect(),
+        outbox: p.source.outbox.as_ref().map(|o| table(&o.table)),
+        messages: p.source.messages.clone(),
+        status_interval: Duration::from_secs(1),
+    }
+}

@@ -1,0 +1,47 @@
+//! The sink types this binary knows, and how a pipeline file's sections become sinks.
+
+use sluice_runtime::config::{ConfigError, DeliveryConfig, Pipeline, SinkSection};
+use sluice_runtime::driver::DeliverySettings;
+use sluice_runtime::engine::SinkSpec;
+use sluice_runtime::Sink;
+use sluice_webhook::{WebhookConfig, WebhookSink};
+
+/// Every `type:` a sink may have.
+pub const SINK_TYPES: &[&str] = &["webhook"];
+
+/// Parse and check a sink's section without connecting anywhere.
+pub fn build_sink(section: &SinkSection) -> Result<Box<dyn Sink>, ConfigError> {
+    match section.kind.as_str() {
+        "webhook" => {
+            let config: WebhookConfig = section.parse()?;
+            let sink = WebhookSink::new(config).map_err(|e| section.error(&e.field(), &e))?;
+            Ok(Box::new(sink))
+        }
+        other => Err(section.error("type", format!("unknown sink type `{other}`"))),
+    }
+}
+
+pub fn settings(d: &DeliveryConfig) -> DeliverySettings {
+    DeliverySettings {
+        max_events: d.batch.max_events,
+        max_wait: d.batch.max_wait,
+        retry_initial: d.retry.initial,
+        retry_max: d.retry.max,
+        retry_max_elapsed: d.retry.max_elapsed,
+    }
+}
+
+/// Every sink of the pipeline, built.
+pub fn build_sinks(pipeline: &Pipeline) -> Result<Vec<SinkSpec>, ConfigError> {
+    pipeline
+        .sinks
+        .iter()
+        .map(|s| {
+            Ok(SinkSpec {
+                name: s.name.clone(),
+                sink: build_sink(s)?,
+                settings: settings(&s.delivery),
+            })
+        })
+        .collect()
+}

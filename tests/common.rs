@@ -1,0 +1,74 @@
+//! Shared helpers for the scenario files: pipeline text, waiting for the slot, ids.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{eventually, Postgres};
+
+/// A webhook pipeline over `tables` delivering to `url`, with extra webhook keys and
+/// extra top-level text.
+pub fn webhook_pipeline(
+    name: &str,
+    pg: &Postgres,
+    tables: &[&str],
+    url: &str,
+    webhook_extra: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "pipeline: {name}\n\
+         source:\n  type: postgres\n  url: {}\n  tables: [{}]\n\
+         sinks:\n  hook:\n    type: webhook\n    url: {url}\n{webhook_extra}\
+         delivery:\n  retry: {{ initial: 50ms, max: 1s }}\n\
+         state: state.db\n{extra}",
+        pg.url(),
+        tables.join(", ")
+    )
+}
+
+/// Wait until the pipeline's slot is streaming to sluice.
+pub async fn wait_streaming(pg: &Postgres, slot: &str) {
+    let client = pg.client().await;
+    eventually(
+        Duration::from_secs(60),
+        "the slot to become active",
+        async || {
+            let row = client
+                .query_opt(
+                    "select active from pg_replication_slots where slot_name = $1",
+                    &[&slot],
+                )
+                .await
+                .ok()??;
+            row.get::<_, bool>(0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// An event id `X/Y:i` as a comparable (lsn, index).
+pub fn position(event: &Value) -> (u64, u32) {
+    let id = event["id"].as_str().expect("event id");
+    let (lsn, index) = id.rsplit_once(':').unwrap();
+    let (hi, lo) = lsn.split_once('/').unwrap();
+    let lsn = (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap();
+    (lsn, index.parse().unwrap())
+}
+
+/// Check that, per key, events arrive in stream order within one run.
+pub fn assert_per_key_order(events: &[Value]) {
+    let mut last: std::collections::HashMap<String, (u64, u32)> = Default::default();
+    for e in events {
+        let key = format!("{}:{}", e["source"]["table"], e["key"]);
+        let p = position(e);
+        if let Some(prev) = last.insert(key.clone(), p) {
+            assert!(
+                prev < p,
+                "key {key}: event {} arrived after {prev:?}",
+                e["id"]
+            );
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! An HTTP receiver for webhook deliveries that records what it acknowledged and answers
+//! as the test tells it to.
+
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::Router;
+use serde_json::Value;
+
+/// How the receiver answers.
+#[derive(Clone)]
+pub enum Respond {
+    /// 200 to everything.
+    Ok,
+    /// This status to everything.
+    Status(u16),
+    /// Decide per request from the body.
+    With(Arc<dyn Fn(&Value) -> u16 + Send + Sync>),
+}
+
+/// One request as received.
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub headers: HeaderMap,
+    pub raw: Bytes,
+    pub body: Value,
+    pub status: u16,
+}
+
+#[derive(Default)]
+struct Log {
+    requests: Vec<Request>,
+}
+
+#[derive(Clone)]
+struct Shared {
+    log: Arc<Mutex<Log>>,
+    respond: Arc<Mutex<Respond>>,
+}
+
+pub struct Receiver {
+    pub port: u16,
+    shared: Shared,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        Self::start_on(0).await
+    }
+
+    /// Listen on a given port (0: any), e.g. to come back on the same port after `stop`.
+    pub async fn start_on(port: u16) -> Receiver {
+        let shared = Shared {
+            log: Default::default(),
+            respond: Arc::new(Mutex::new(Respond::Ok)),
+        };
+        Self::serve(port, shared).await
+    }
+
+    async fn serve(port: u16, shared: Shared) -> Receiver {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = Router::new()
+            .route("/events", post(handle))
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Receiver { port, shared, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/events", self.port)
+    }
+
+    pub fn respond(&self, r: Respond) {
+        *self.shared.respond.lock().unwrap() = r;
+    }
+
+    /// Every request, acknowledged or not.
+    pub fn requests(&self) -> Vec<Request> {
+        self.shared.log.lock().unwrap().requests.clone()
+    }
+
+    /// Envelopes of the requests answered 2xx, in arrival order (batches flattened).
+    pub fn delivered(&self) -> Vec<Value> {
+        let log = self.shared.log.lock().unwrap();
+        let mut out = Vec::new();
+        for r in log
+            .requests
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+        {
+            match &r.body {
+                Value::Array(items) => out.extend(items.iter().cloned()),
+                one => out.push(one.clone()),
+            }
+        }
+        out
+    }
+
+    pub fn delivered_count(&self) -> usize {
+        self.delivered().len()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn handle(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
+    let respond = s.respond.lock().unwrap().clone();
+    let status = match &respond {
+        Respond::Ok => 200,
+        Respond::Status(code) => *code,
+        Respond::With(f) => f(&body),
+    };
+    s.log.lock().unwrap().requests.push(Request {
+        headers,
+        raw,
+        body,
+        status,
+    });
+    StatusCode::from_u16(status).unwrap()
+}
