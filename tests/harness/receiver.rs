@@ -44,7 +44,8 @@ struct Shared {
 pub struct Receiver {
     pub port: u16,
     shared: Shared,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Receiver {
@@ -69,10 +70,39 @@ impl Receiver {
         let app = Router::new()
             .route("/events", post(handle))
             .with_state(shared.clone());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
         });
-        Receiver { port, shared, task }
+        Receiver {
+            port,
+            shared,
+            task: Some(task),
+            stop: Some(stop),
+        }
+    }
+
+    /// Take the receiver down: the port is closed and open connections end.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
+        }
+    }
+
+    /// Bring it back on the same port, keeping what it recorded.
+    pub async fn start_again(&mut self) {
+        self.stop().await;
+        let mut again = Self::serve(self.port, self.shared.clone()).await;
+        self.task = again.task.take();
+        self.stop = again.stop.take();
     }
 
     pub fn url(&self) -> String {
@@ -112,7 +142,9 @@ impl Receiver {
 
 impl Drop for Receiver {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

@@ -346,15 +346,17 @@ pub struct ReplicationStream {
 }
 
 impl ReplicationStream {
-    /// The next XLogData or keepalive. `Ok(None)` when the server ended the stream.
+    /// The next XLogData or keepalive. `Ok(None)` when the server ended the stream (it is
+    /// shutting down); the caller reconnects.
     pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, ReplicationError> {
         loop {
             match next_message(&mut self.read, &mut self.buf).await? {
                 Message::CopyData(body) => return parse_copy_data(body.into_bytes()).map(Some),
-                Message::CopyDone => return Ok(None),
                 Message::ErrorResponse(body) => return Err(server_error(body)),
                 Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
-                _ => return Err(unexpected("message in the replication stream")),
+                // CopyDone, CommandComplete, ReadyForQuery: the server ended the stream
+                // (a shutdown or a restart).
+                _ => return Ok(None),
             }
         }
     }
