@@ -10,10 +10,16 @@ pub fn bin() -> &'static str {
 
 /// Run a `sluice` subcommand to completion.
 pub fn command(dir: &Path, args: &[&str]) -> Output {
+    command_env(dir, args, &[])
+}
+
+/// Run a `sluice` subcommand to completion with `env` added to this process's environment.
+pub fn command_env(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     Command::new(bin())
         .args(args)
         .current_dir(dir)
         .env("SLUICE_LOG", "info")
+        .envs(env.iter().copied())
         .output()
         .expect("run sluice")
 }

@@ -9,29 +9,40 @@ use std::path::Path;
 use std::time::Duration;
 
 use sluice_postgres::{PostgresOptions, TableRef};
-use sluice_runtime::config::{self, ConfigError, Pipeline, Snapshot};
+use sluice_runtime::config::{self, Pipeline, Snapshot};
 
 use crate::registry::SINK_TYPES;
 use crate::Failure;
 
-/// Load the pipeline file and refuse what this build cannot run yet.
+/// Load the pipeline file and refuse what this build cannot run yet, pointing at the key.
 pub fn load(path: &Path) -> Result<Pipeline, Failure> {
     let pipeline = config::load(path, SINK_TYPES)?;
-    if !pipeline.transforms.is_empty() || pipeline.sinks.iter().any(|s| !s.transforms.is_empty()) {
-        return Err(ConfigError::unlocated(
-            path,
-            "transforms",
-            "WebAssembly transforms are not available in this build yet; remove `transforms:` to run this pipeline",
-        )
-        .into());
+    let chain = if !pipeline.transforms.is_empty() {
+        Some("transforms".to_string())
+    } else {
+        pipeline
+            .sinks
+            .iter()
+            .find(|s| !s.transforms.is_empty())
+            .map(|s| format!("sinks.{}.transforms", s.name))
+    };
+    if let Some(key) = chain {
+        return Err(pipeline
+            .error(
+                &key,
+                "WebAssembly transforms are not available in this build yet; \
+                 remove `transforms:` to run this pipeline",
+            )
+            .into());
     }
     if pipeline.source.snapshot == Snapshot::Initial {
-        return Err(ConfigError::unlocated(
-            path,
-            "source.snapshot",
-            "`snapshot: initial` is not available in this build yet; use `never` (stream changes from now on)",
-        )
-        .into());
+        return Err(pipeline
+            .error(
+                "source.snapshot",
+                "`snapshot: initial` is not available in this build yet; \
+                 use `never` (stream changes from now on)",
+            )
+            .into());
     }
     Ok(pipeline)
 }

@@ -48,9 +48,32 @@ pub fn serialize<S: Serializer>(value: &Duration, s: S) -> Result<S::Ok, S::Erro
 }
 
 /// Parse a duration, with an error that says what a duration looks like.
+///
+/// The error quotes `text` whole and never a part of it: a value that came from `${VAR}`
+/// is replaced whole by what the file says, and a part of it would escape that.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| {
-        format!("`{text}` is not a duration ({e}); write it like 50ms, 30s, 15m or 1h")
+    let trimmed = text.trim();
+    humantime::parse_duration(trimmed).map_err(|e| {
+        let at = |offset: usize| trimmed.get(..offset).map_or(offset, |s| s.chars().count()) + 1;
+        let why = match e {
+            humantime::DurationError::InvalidCharacter(i) => {
+                format!("character {} is not a letter, digit or space", at(i))
+            }
+            humantime::DurationError::NumberExpected(i) => {
+                format!("a number is expected at character {}", at(i))
+            }
+            humantime::DurationError::UnknownUnit { unit, .. } if unit.is_empty() => {
+                "a number needs a unit".to_string()
+            }
+            humantime::DurationError::UnknownUnit { start, .. } => format!(
+                "the unit at character {} is not one of ns, us, ms, s, m, h, d, w \
+                 (or sec, min, hours, days, weeks)",
+                at(start)
+            ),
+            humantime::DurationError::NumberOverflow => "it is too long or too precise".into(),
+            humantime::DurationError::Empty => "it is empty".into(),
+        };
+        format!("`{text}` is not a duration ({why}); write it like 50ms, 30s, 15m or 1h")
     })
 }
 
@@ -83,6 +106,40 @@ mod tests {
         assert_eq!(super::parse("50ms").unwrap().as_millis(), 50);
         assert_eq!(super::parse("15m").unwrap().as_secs(), 900);
         assert!(super::parse("fast").unwrap_err().contains("50ms"));
+    }
+
+    #[test]
+    fn errors_quote_the_text_whole_and_never_a_part() {
+        let e = |t: &str| {
+            super::parse(t)
+                .unwrap_err()
+                .replace(&format!("`{t}`"), "<text>")
+        };
+        for (text, part) in [
+            ("5hunter2", "hunter"),
+            ("12345678", "12345678"),
+            ("5s hunter", "hunter"),
+            ("5s-hunter", "hunter"),
+        ] {
+            let message = e(text);
+            assert!(!message.contains(part), "{message}");
+            assert!(
+                message.starts_with("<text> is not a duration ("),
+                "{message}"
+            );
+        }
+        assert!(
+            e("5 parsecs").contains("unit at character 3"),
+            "{}",
+            e("5 parsecs")
+        );
+        assert!(e("5").contains("needs a unit"), "{}", e("5"));
+        assert!(e("").contains("empty"), "{}", e(""));
+        assert!(
+            e("ms").contains("number is expected at character 1"),
+            "{}",
+            e("ms")
+        );
     }
 
     #[test]

@@ -62,13 +62,24 @@ pub(crate) struct Loc {
 }
 
 /// A string value that `${…}` interpolation changed.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Interpolated {
     pub path: String,
     /// The value after interpolation: may hold a secret.
     pub value: String,
     /// The scalar as written in the file.
     pub raw: String,
+}
+
+/// Never the value: it may be a secret.
+impl fmt::Debug for Interpolated {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Interpolated")
+            .field("path", &self.path)
+            .field("value", &"***")
+            .field("raw", &self.raw)
+            .finish()
+    }
 }
 
 /// Turns dotted paths into places in the file, and keeps secrets out of messages.

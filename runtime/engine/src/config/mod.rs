@@ -6,7 +6,8 @@
 //! and every problem — a YAML syntax error, an unknown key, a missing variable, an unknown sink
 //! type, a missing wasm file — is a [`ConfigError`] that names the file, the line, the column
 //! and the key. A sink reads its own keys with [`SinkSection::parse`], whose errors are
-//! located the same way.
+//! located the same way; [`Pipeline::error`] and [`SinkSection::error`] locate the errors of
+//! checks made after loading (e.g. a feature this build refuses).
 
 pub mod duration;
 pub mod secret;
@@ -151,6 +152,7 @@ pub fn load_str(
         delivery,
         state,
         admin,
+        locator,
     })
 }
 

@@ -15,7 +15,7 @@ use super::error::{ConfigError, Locator};
 use super::{duration, Secret};
 
 /// One pipeline: a Postgres source, transforms, and the sinks its events fan out to.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct Pipeline {
     /// The pipeline's name (`pipeline:`), made of `a-z`, `0-9`, `_` and `-`. The default slot,
@@ -36,12 +36,40 @@ pub struct Pipeline {
     pub state: PathBuf,
     /// Where to serve `/metrics`, `/healthz`, `/readyz` and `/status`; `None`: not served.
     pub admin: Option<SocketAddr>,
+    /// Where every key was written, for [`Pipeline::error`]. Holds the values that came from
+    /// the environment (to keep them out of messages), so it is never printed.
+    pub(crate) locator: Arc<Locator>,
 }
 
 impl Pipeline {
     /// The sink called `name`.
     pub fn sink(&self, name: &str) -> Option<&SinkSection> {
         self.sinks.iter().find(|s| s.name == name)
+    }
+
+    /// An error about the key at the dotted path `key` (e.g. `transforms`, `transforms[0]`,
+    /// `sinks.notify.transforms`, `source.snapshot`; `""` for the file as a whole), pointing
+    /// at where it was written, or at its nearest written ancestor when the key itself is
+    /// not in the file (a default). Values that came from the environment are kept out of
+    /// the message, as in every error of the loader.
+    pub fn error(&self, key: &str, message: impl fmt::Display) -> ConfigError {
+        self.locator.error(key, message)
+    }
+}
+
+/// Every field but the locator, whose index of interpolated values may hold secrets.
+impl fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("name", &self.name)
+            .field("file", &self.file)
+            .field("source", &self.source)
+            .field("transforms", &self.transforms)
+            .field("sinks", &self.sinks)
+            .field("delivery", &self.delivery)
+            .field("state", &self.state)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
     }
 }
 

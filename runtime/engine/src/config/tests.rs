@@ -736,3 +736,75 @@ fn the_example_webhook_pipeline_loads() {
     let hook: Hook = notify.parse().unwrap();
     assert_eq!(hook.timeout, Some(Duration::from_secs(10)));
 }
+
+#[test]
+fn pipeline_errors_point_at_keys() {
+    let p = load(&with(&[
+        (10, "    transforms: [ { name: doc, wasm: Cargo.toml } ]"),
+        (11, "    secret: ${WEBHOOK_SECRET}"),
+        (12, "transforms:"),
+        (13, "  - name: redact"),
+        (14, "    wasm: Cargo.toml"),
+        (15, "  - { name: again, wasm: Cargo.toml }"),
+    ]))
+    .unwrap();
+    let at = |key: &str| {
+        let e = p.error(key, "refused");
+        assert_eq!(e.key, key);
+        assert_eq!(e.file, Path::new("pipelines/x.yaml"));
+        assert_eq!(e.message, "refused");
+        (e.line, e.column)
+    };
+    assert_eq!(at("transforms"), (12, 1));
+    assert_eq!(at("transforms[0]"), (13, 5));
+    assert_eq!(at("transforms[0].wasm"), (14, 5));
+    assert_eq!(at("transforms[1]"), (15, 5));
+    assert_eq!(at("transforms[1].name"), (15, 7));
+    assert_eq!(at("sinks.notify.transforms"), (10, 5));
+    assert_eq!(at("sinks.notify.transforms[0].wasm"), (10, 32));
+    assert_eq!(at("source.url"), (4, 3));
+    assert_eq!(at("pipeline"), (1, 1));
+    // A key left to its default points at the nearest key that is written.
+    assert_eq!(at("source.snapshot"), (2, 1));
+    assert_eq!(at("sinks.notify.delivery.retry.max"), (7, 3));
+    // Nothing at all to point at: the file as a whole.
+    assert_eq!(at("state"), (0, 0));
+    assert_eq!(at(""), (0, 0));
+    let e = p.error("", "whole file");
+    assert_eq!(e.to_string(), "pipelines/x.yaml: whole file");
+
+    let e = p.error("sinks.notify.secret", "bad: whsec_topsecretvalue");
+    assert_eq!((e.line, e.column), (11, 5));
+    assert_eq!(e.message, "bad: ${WEBHOOK_SECRET}");
+    let e = p.error(
+        "source.url",
+        "cannot use postgres://sluice:hunter2@db:5432/app",
+    );
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "pipelines/x.yaml:4:3: source.url: cannot use ${DATABASE_URL}"
+    );
+
+    let p = load(&with(&[
+        (5, "  snapshot: initial"),
+        (6, "  tables: [orders]"),
+        (7, "sinks:"),
+        (8, "  notify:"),
+        (9, "    type: webhook"),
+        (10, "    url: http://h"),
+    ]))
+    .unwrap();
+    assert_eq!(p.source.snapshot, Snapshot::Initial);
+    let e = p.error("source.snapshot", "not yet");
+    assert_eq!(
+        e.to_string(),
+        "pipelines/x.yaml:5:3: source.snapshot: not yet"
+    );
+    // Clones point at the same places; Debug shows no secret and no index.
+    let debug = format!("{:?}", p.clone());
+    assert!(
+        !debug.contains("hunter2") && !debug.contains("locator"),
+        "{debug}"
+    );
+}

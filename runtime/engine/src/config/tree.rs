@@ -209,13 +209,25 @@ impl Builder {
                     anchor,
                     entries,
                     ..
-                }) => self.finish(
-                    Node {
-                        pos,
-                        kind: Kind::Map(entries),
-                    },
-                    anchor,
-                ),
+                }) => {
+                    // yaml-rust2 marks a block map's start at its first `:`; the map starts
+                    // at its first key. (A flow map's `{` comes before its first key.)
+                    let pos = match entries.first() {
+                        Some((key, _))
+                            if (key.pos.line, key.pos.column) < (pos.line, pos.column) =>
+                        {
+                            key.pos
+                        }
+                        _ => pos,
+                    };
+                    self.finish(
+                        Node {
+                            pos,
+                            kind: Kind::Map(entries),
+                        },
+                        anchor,
+                    )
+                }
                 None => Ok(()),
             },
             Event::Alias(id) => {
@@ -470,6 +482,22 @@ mod tests {
             ));
         }
         assert!(parse(&text).unwrap_err().message.contains("more than"));
+    }
+
+    #[test]
+    fn maps_start_at_their_first_key_or_brace() {
+        let root = parse("l:\n  - a: 1\n    b: 2\n  - { c: 3 }\n  -\n    d: 4\n")
+            .unwrap()
+            .unwrap();
+        let Kind::Map(entries) = root.kind else {
+            panic!()
+        };
+        assert_eq!(root.pos, Pos { line: 1, column: 1 });
+        let Kind::Seq(items) = &entries[0].1.kind else {
+            panic!()
+        };
+        let at: Vec<(usize, usize)> = items.iter().map(|n| (n.pos.line, n.pos.column)).collect();
+        assert_eq!(at, [(2, 5), (4, 5), (6, 5)]);
     }
 
     #[test]
