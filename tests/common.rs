@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{eventually, Postgres};
+use sluice_testkit::{eventually, Postgres};
 
 /// A webhook pipeline over `tables` delivering to `url`, with extra webhook keys and
 /// extra top-level text.

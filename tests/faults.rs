@@ -3,7 +3,7 @@
 //! per-key order must hold, and nothing at or before a committed offset comes again.
 
 mod common;
-mod harness;
+use sluice_testkit as harness;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;

@@ -4,8 +4,7 @@
 //! example in `pipelines/` validates.
 
 // This file uses only the harness's scratch directories and its `sluice` commands.
-#[allow(unused_imports)]
-mod harness;
+use sluice_testkit as harness;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

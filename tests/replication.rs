@@ -2,7 +2,7 @@
 //! common column type, TOAST, idle slots, signatures and a clean shutdown.
 
 mod common;
-mod harness;
+use sluice_testkit as harness;
 
 use std::time::Duration;
 

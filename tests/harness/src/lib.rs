@@ -1,6 +1,6 @@
 //! The end-to-end harness: real PostgreSQL clusters, real HTTP receivers and the real
-//! `sluice` binary, all on free loopback ports, all torn down when dropped.
-#![allow(dead_code)]
+//! `sluice` binary, all on free loopback ports, all torn down when dropped. Used by the
+//! scenarios in `tests/` and by the demo in `examples/demo`.
 
 pub mod postgres;
 pub mod receiver;

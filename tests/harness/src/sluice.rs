@@ -4,8 +4,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_sluice")
+/// The `sluice` binary: `$SLUICE_BIN`, else the one cargo built beside the running
+/// executable (tests run from `target/<profile>/deps/`, binaries from `target/<profile>/`).
+pub fn bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("SLUICE_BIN") {
+        return bin.into();
+    }
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("executable folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("sluice");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it with `cargo build -p sluice` (or set SLUICE_BIN)",
+        bin.display()
+    );
+    bin
 }
 
 /// Run a `sluice` subcommand to completion.
@@ -30,6 +46,7 @@ pub struct Sluice {
     child: Option<Child>,
     log: PathBuf,
     runs: u32,
+    env: Vec<(String, String)>,
 }
 
 impl Sluice {
@@ -37,12 +54,21 @@ impl Sluice {
     pub fn start(dir: &Path, yaml: &str) -> Sluice {
         let pipeline = dir.join("pipeline.yaml");
         std::fs::write(&pipeline, yaml).unwrap();
+        Self::start_file(dir, &pipeline, &[])
+    }
+
+    /// Start `sluice run` on an existing pipeline file, from `dir`, with extra environment.
+    pub fn start_file(dir: &Path, pipeline: &Path, env: &[(&str, &str)]) -> Sluice {
         let mut s = Sluice {
             dir: dir.to_path_buf(),
-            pipeline,
+            pipeline: pipeline.to_path_buf(),
             child: None,
             log: dir.join("sluice.log"),
             runs: 0,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         s.restart();
         s
@@ -61,6 +87,7 @@ impl Sluice {
             .args(["run", self.pipeline.to_str().unwrap()])
             .current_dir(&self.dir)
             .env("SLUICE_LOG", "info,sluice_postgres=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -1,0 +1,1 @@
+//! Placeholder: scenarios for what the source captures (being written).
