@@ -312,10 +312,34 @@ async fn sigterm_drains_commits_and_a_restart_delivers_nothing_twice() {
         .unwrap();
     let rx = Receiver::start().await;
     let dir = scratch_dir("drain");
-    let mut sluice = Sluice::start(
-        &dir,
-        &webhook_pipeline("drain", &pg, &["items"], &rx.url(), "", ""),
+    let yaml = webhook_pipeline("drain", &pg, &["items"], &rx.url(), "", "");
+    std::fs::write(dir.join("pipeline.yaml"), &yaml).unwrap();
+    let out = harness::sluice::command(&dir, &["validate", "pipeline.yaml", "--connect"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        stdout.contains("wal_level=logical") && stdout.contains("sink hook: ok"),
+        "{stdout}"
+    );
+    let slots: i64 = db
+        .query_one("select count(*) from pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "validate creates nothing");
+    let bad = yaml.replace("tables: [items]", "tables: [items, nope]");
+    std::fs::write(dir.join("bad.yaml"), bad).unwrap();
+    let out = harness::sluice::command(&dir, &["validate", "bad.yaml", "--connect"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("public.nope"),
+        "the missing table is named"
+    );
+    let mut sluice = Sluice::start(&dir, &yaml);
     wait_streaming(&pg, "sluice_drain").await;
     db.batch_execute("insert into items select g, 0 from generate_series(1, 2000) g")
         .await

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use sluice_runtime::journal::{Entry, Journal};
 use sluice_runtime::progress::Progress;
 use sluice_runtime::source::{Source, SourceContext, SourceError};
-use sluice_runtime::{Lsn, Position, Shutdown};
+use sluice_runtime::{Lsn, Position};
 use tokio::sync::Notify;
 
 use crate::events::{BuildError, EventBuilder};
@@ -328,6 +328,3 @@ pub async fn prepare(options: &PostgresOptions, state_has_offsets: bool) -> Resu
     let client = setup::connect(&options.url).await?;
     setup::prepare(&client, options, state_has_offsets).await
 }
-
-/// Whether the `Shutdown` handle is the engine's — re-exported for the CLI.
-pub type EngineShutdown = Shutdown;
