@@ -41,6 +41,48 @@ enum Command {
     },
     /// Drop the slot and the publication (stops WAL retention) and forget offsets.
     Teardown { pipeline: PathBuf },
+    /// Dead-letter queues: list, show, replay and purge parked events.
+    #[command(subcommand)]
+    Dlq(DlqCommand),
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Parked events, per sink.
+    List {
+        pipeline: PathBuf,
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One entry: the event, the error, the stage, attempts, first and last failure.
+    Show {
+        pipeline: PathBuf,
+        /// An entry id (from `dlq list`) or an event id.
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send parked events again, through the sink's current configuration.
+    Replay {
+        pipeline: PathBuf,
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+    },
+    /// Delete parked events for good; events held behind them are released.
+    Purge {
+        pipeline: PathBuf,
+        #[arg(long)]
+        sink: Option<String>,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        /// Purge every entry (needed when neither --sink nor --id is given).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 /// A failure with the exit status it calls for.
@@ -72,6 +114,28 @@ fn main() -> ExitCode {
             }
             Command::Status { pipeline, json } => commands::status::run(&pipeline, json).await,
             Command::Teardown { pipeline } => commands::teardown::run(&pipeline).await,
+            Command::Dlq(dlq) => {
+                use commands::dlq::{self, Selection};
+                match dlq {
+                    DlqCommand::List {
+                        pipeline,
+                        sink,
+                        json,
+                    } => dlq::list(&pipeline, Selection { sink, ids: vec![] }, json),
+                    DlqCommand::Show { pipeline, id, json } => dlq::show(&pipeline, id, json),
+                    DlqCommand::Replay {
+                        pipeline,
+                        sink,
+                        ids,
+                    } => dlq::replay(&pipeline, Selection { sink, ids }),
+                    DlqCommand::Purge {
+                        pipeline,
+                        sink,
+                        ids,
+                        all,
+                    } => dlq::purge(&pipeline, Selection { sink, ids }, all),
+                }
+            }
         }
     });
     // Do not wait for stray background tasks (catalog connections, HTTP pools).

@@ -1,6 +1,7 @@
 //! The sink types this binary knows, and how a pipeline file's sections become sinks.
 
-use sluice_runtime::config::{ConfigError, DeliveryConfig, Pipeline, SinkSection};
+use sluice_runtime::config::{ConfigError, DeliveryConfig, OnKey, Pipeline, SinkSection};
+use sluice_runtime::dlq::DlqPolicy;
 use sluice_runtime::driver::DeliverySettings;
 use sluice_runtime::engine::SinkSpec;
 use sluice_runtime::Sink;
@@ -28,7 +29,23 @@ pub fn settings(d: &DeliveryConfig) -> DeliverySettings {
         retry_initial: d.retry.initial,
         retry_max: d.retry.max,
         retry_max_elapsed: d.retry.max_elapsed,
+        dlq: DlqPolicy {
+            max_ratio: d.dlq.max_ratio,
+            window: d.dlq.window,
+            hold_keys: d.dlq.on_key == OnKey::Hold,
+        },
     }
+}
+
+/// A short, stable fingerprint of a sink's configuration, stored with each event it parks
+/// so an operator can tell events that failed before a fix from those after.
+pub fn config_hash(section: &SinkSection) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(section.kind.as_bytes())
+        .chain_update(section.config.to_string().as_bytes())
+        .finalize();
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every sink of the pipeline, built.
@@ -41,6 +58,7 @@ pub fn build_sinks(pipeline: &Pipeline) -> Result<Vec<SinkSpec>, ConfigError> {
                 name: s.name.clone(),
                 sink: build_sink(s)?,
                 settings: settings(&s.delivery),
+                config_hash: config_hash(s),
             })
         })
         .collect()

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -17,6 +17,7 @@ use serde_json::json;
 use crate::journal::{Journal, ReaderId};
 use crate::lsn::Lsn;
 use crate::progress::{Progress, SinkProgress};
+use crate::state::{DlqFilter, StateStore};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -24,6 +25,19 @@ pub struct AdminState {
     pub progress: Arc<Progress>,
     pub journal: Arc<Journal>,
     pub readers: Vec<ReaderId>,
+    pub store: Arc<Mutex<StateStore>>,
+}
+
+impl AdminState {
+    /// DLQ depth per sink, from the state store.
+    async fn dlq_depths(&self) -> Vec<(String, i64)> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.lock().unwrap().dlq_depths())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default()
+    }
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) {
@@ -32,6 +46,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/status", get(status))
+        .route("/dlq", get(dlq))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin server failed");
@@ -188,10 +203,47 @@ async fn metrics(State(s): State<AdminState>) -> Response {
             );
         }
     }
+    let name = "sluice_dlq_events_total";
+    let _ = writeln!(
+        text,
+        "# HELP {name} Events sent to the DLQ in this run.\n# TYPE {name} counter"
+    );
+    for sink in p.sinks() {
+        let parked = sink.counters.parked.load(Relaxed);
+        let _ = writeln!(
+            text,
+            "{name}{{sink=\"{}\",stage=\"sink\"}} {parked}",
+            sink.name
+        );
+    }
+    let name = "sluice_dlq_depth";
+    let _ = writeln!(text, "# HELP {name} Events in the DLQ (parked, held or waiting for replay).\n# TYPE {name} gauge");
+    let depths = s.dlq_depths().await;
+    for sink in p.sinks() {
+        let depth = depths
+            .iter()
+            .find(|(n, _)| *n == sink.name)
+            .map_or(0, |(_, d)| *d);
+        let _ = writeln!(text, "{name}{{sink=\"{}\"}} {depth}", sink.name);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
+/// `GET /dlq`: every parked event, as `sluice dlq list --json` prints them.
+async fn dlq(State(s): State<AdminState>) -> Response {
+    let store = s.store.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || store.lock().unwrap().dlq_list(&DlqFilter::default()))
+            .await;
+    match listed {
+        Ok(Ok(entries)) => Json(entries).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
+    let depths = s.dlq_depths().await;
     let p = &s.progress;
     let sinks: Vec<_> = p
         .sinks()
@@ -209,6 +261,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
                 "queue": s.journal.backlog(*reader),
                 "delivered": sink.counters.delivered.load(Relaxed),
                 "retries": sink.counters.retries.load(Relaxed),
+                "dlq": depths.iter().find(|(n, _)| *n == sink.name).map_or(0, |(_, d)| *d),
             })
         })
         .collect();

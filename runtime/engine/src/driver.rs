@@ -4,21 +4,31 @@
 //! Everything a connector must not decide lives here: batch size and wait, exponential
 //! backoff with jitter (Retry-After honoured as a minimum), giving up after
 //! `retry.max_elapsed` (the sink stops; nothing is dropped), skipping what the sink had
-//! already committed before a restart, and keeping per-key order across retries.
+//! already committed before a restart, keeping per-key order across retries, parking
+//! permanent failures in the sink's DLQ before the offset passes them (`on_key: hold`
+//! holds later events of the key too), the DLQ breaker, and replays.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::time::Instant;
 
+use crate::dlq::{hold_key, Breaker, DlqPolicy};
+use crate::envelope;
 use crate::event::Event;
 use crate::journal::{Entry, Journal, ReaderId};
+use crate::lsn::Position;
 use crate::progress::SinkProgress;
 use crate::shutdown::Shutdown;
 use crate::sink::{Delivery, Sink};
+use crate::state::{DlqFilter, DlqState, NewDlqEntry, StateError, StateStore};
 
-/// How a sink is fed and retried (from `delivery:` in the pipeline file).
+/// How often a running driver looks for replay requests and purges.
+const DLQ_POLL: Duration = Duration::from_secs(1);
+
+/// How a sink is fed, retried and dead-lettered (from `delivery:` in the pipeline file).
 #[derive(Clone, Debug)]
 pub struct DeliverySettings {
     pub max_events: usize,
@@ -26,6 +36,7 @@ pub struct DeliverySettings {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub retry_max_elapsed: Duration,
+    pub dlq: DlqPolicy,
 }
 
 impl Default for DeliverySettings {
@@ -36,6 +47,7 @@ impl Default for DeliverySettings {
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             retry_max_elapsed: Duration::from_secs(15 * 60),
+            dlq: DlqPolicy::default(),
         }
     }
 }
@@ -43,18 +55,34 @@ impl Default for DeliverySettings {
 /// Why a sink stopped before the journal ended.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkStop {
-    /// The sink rejected an event permanently and there is no DLQ to park it in.
-    #[error("event {id} was rejected: {reason}")]
-    Rejected { id: String, reason: String },
+    /// Too many recent events failed permanently: something is wrong with the sink, not
+    /// with a few events.
+    #[error("the DLQ breaker tripped: {0}")]
+    Breaker(String),
     /// Transient errors went on for longer than `retry.max_elapsed`.
     #[error("gave up after retrying for {elapsed:?} (retry.max_elapsed): {reason}")]
     RetriesExhausted { elapsed: Duration, reason: String },
     /// The sink broke its contract (wrong number of results).
     #[error("sink returned {got} results for {expected} events")]
     Contract { expected: usize, got: usize },
+    /// An event could not be parked durably, so the offset must not pass it.
+    #[error("cannot write the dead-letter queue: {0}")]
+    Dlq(#[from] StateError),
     /// Shutdown was forced while the sink was still retrying; its offset stays where it was.
     #[error("interrupted by shutdown while retrying")]
     Interrupted,
+}
+
+/// What finally happened to one event of a delivery.
+#[derive(Clone, Debug, PartialEq)]
+enum Outcome {
+    Delivered,
+    /// Failed permanently: it goes to the DLQ.
+    Rejected(String),
+    /// `on_key: hold`: waits in the DLQ behind the parked event with this id.
+    Held {
+        behind: String,
+    },
 }
 
 pub struct SinkDriver {
@@ -65,6 +93,20 @@ pub struct SinkDriver {
     pub progress: Arc<SinkProgress>,
     /// Retries are abandoned once it aborts.
     pub shutdown: Shutdown,
+    /// Where parked events go.
+    pub store: Arc<Mutex<StateStore>>,
+    /// Hash of the sink's configuration, recorded with each parked event.
+    pub config_hash: String,
+}
+
+/// The driver's view of its DLQ.
+struct Parked {
+    /// Events already in the DLQ and after the committed offset: a restart must not send
+    /// them again (they wait for a replay), nor park them twice.
+    positions: HashSet<Position>,
+    /// `on_key: hold`: hold key → id of the parked event later events of the key wait behind.
+    held: HashMap<String, String>,
+    breaker: Breaker,
 }
 
 impl SinkDriver {
@@ -75,33 +117,111 @@ impl SinkDriver {
         result
     }
 
+    fn name(&self) -> &str {
+        &self.progress.name
+    }
+
+    async fn load_parked(&mut self) -> Result<Parked, StateError> {
+        let committed = self.progress.committed().position;
+        let sink = self.name().to_string();
+        let entries = on_store(&self.store, move |s| {
+            s.dlq_list(&DlqFilter {
+                sink: Some(sink),
+                ids: vec![],
+            })
+        })
+        .await?;
+        Ok(Parked {
+            positions: entries
+                .iter()
+                .map(|e| e.position)
+                .filter(|p| *p > committed)
+                .collect(),
+            held: self.held_heads(&entries),
+            breaker: Breaker::new(self.settings.dlq.clone()),
+        })
+    }
+
+    /// Keys held behind a parked (or replay-pending) event, for `on_key: hold`.
+    fn held_heads(&self, entries: &[crate::state::DlqEntry]) -> HashMap<String, String> {
+        if !self.settings.dlq.hold_keys {
+            return HashMap::new();
+        }
+        entries
+            .iter()
+            .filter(|e| e.held_behind.is_none() && e.state != DlqState::Held)
+            .filter_map(|e| Some((e.ordering_key.clone()?, e.event_id.clone())))
+            .collect()
+    }
+
     async fn run_inner(&mut self) -> Result<(), SinkStop> {
         let committed = self.progress.committed();
+        let mut parked = self.load_parked().await?;
         let mut offset = committed;
         let max = self.settings.max_events.max(1);
-        let mut batch: Vec<Arc<Event>> = Vec::with_capacity(max);
-        while let Some((seq, entries)) = self
-            .journal
-            .read(self.reader, max, self.settings.max_wait)
-            .await
-        {
-            batch.clear();
+        let mut next_poll = Instant::now() + DLQ_POLL;
+        loop {
+            let read = tokio::select! {
+                read = self.journal.read(self.reader, max, self.settings.max_wait) => Some(read),
+                _ = tokio::time::sleep_until(next_poll) => None,
+            };
+            if Instant::now() >= next_poll {
+                self.poll_dlq(&mut parked).await?;
+                next_poll = Instant::now() + DLQ_POLL;
+            }
+            let Some(read) = read else { continue };
+            let Some((seq, entries)) = read else { break };
+            let mut batch: Vec<Arc<Event>> = Vec::with_capacity(entries.len());
+            let mut park: Vec<NewDlqEntry> = Vec::new();
             let mut next = offset;
             for entry in &entries {
-                match entry {
-                    Entry::Event(event) if event.position <= committed.position => {
-                        self.progress.counters.skipped.fetch_add(1, relaxed());
+                let event = match entry {
+                    Entry::Commit { end_lsn, .. } => {
+                        next.flush_lsn = next.flush_lsn.max(*end_lsn);
+                        continue;
                     }
-                    Entry::Event(event) => {
-                        next.position = event.position;
-                        next.commit_ts_micros = event.source.ts_micros;
-                        batch.push(event.clone());
-                    }
-                    Entry::Commit { end_lsn, .. } => next.flush_lsn = next.flush_lsn.max(*end_lsn),
+                    Entry::Event(event) => event,
+                };
+                if event.position <= committed.position
+                    || parked.positions.contains(&event.position)
+                {
+                    self.progress.counters.skipped.fetch_add(1, relaxed());
+                    continue;
+                }
+                next.position = event.position;
+                next.commit_ts_micros = event.source.ts_micros;
+                match hold_key(event).and_then(|k| parked.held.get(&k)) {
+                    Some(head) => park.push(self.dlq_entry(
+                        event,
+                        Outcome::Held {
+                            behind: head.clone(),
+                        },
+                    )),
+                    None => batch.push(event.clone()),
                 }
             }
             if !batch.is_empty() {
-                self.deliver(&batch).await?;
+                let outcomes = self.deliver(&batch).await?;
+                for (event, outcome) in batch.iter().zip(outcomes) {
+                    parked
+                        .breaker
+                        .record(matches!(outcome, Outcome::Rejected(_)));
+                    if outcome == Outcome::Delivered {
+                        continue;
+                    }
+                    if let (Outcome::Rejected(_), true, Some(key)) =
+                        (&outcome, self.settings.dlq.hold_keys, hold_key(event))
+                    {
+                        parked.held.insert(key, event.id());
+                    }
+                    park.push(self.dlq_entry(event, outcome));
+                }
+            }
+            if !park.is_empty() {
+                self.park(park).await?;
+            }
+            if parked.breaker.tripped() {
+                return Err(SinkStop::Breaker(parked.breaker.describe()));
             }
             offset = next;
             self.progress.advance(seq + entries.len() as u64, offset);
@@ -109,59 +229,209 @@ impl SinkDriver {
         Ok(())
     }
 
-    /// Deliver one batch completely, retrying what failed transiently, in order.
-    async fn deliver(&mut self, batch: &[Arc<Event>]) -> Result<(), SinkStop> {
+    fn dlq_entry(&self, event: &Event, outcome: Outcome) -> NewDlqEntry {
+        let (state, kind, error, held_behind) = match outcome {
+            Outcome::Rejected(reason) => (DlqState::Parked, "rejected", reason, None),
+            Outcome::Held { behind } => (
+                DlqState::Held,
+                "held",
+                format!("held behind {behind} (dlq.on_key: hold)"),
+                Some(behind),
+            ),
+            Outcome::Delivered => unreachable!("delivered events are not parked"),
+        };
+        let json = event.json().to_vec();
+        NewDlqEntry {
+            sink: self.name().to_string(),
+            position: event.position,
+            ordering_key: hold_key(event),
+            original: json.clone(),
+            failed: json,
+            stage: "sink".into(),
+            error_kind: kind.into(),
+            error,
+            config_hash: self.config_hash.clone(),
+            state,
+            held_behind,
+        }
+    }
+
+    /// Write entries to the DLQ durably (before the offset may pass them).
+    async fn park(&mut self, entries: Vec<NewDlqEntry>) -> Result<(), SinkStop> {
+        let c = &self.progress.counters;
+        for e in &entries {
+            match e.state {
+                DlqState::Held => c.held.fetch_add(1, relaxed()),
+                _ => c.parked.fetch_add(1, relaxed()),
+            };
+            if e.state == DlqState::Parked {
+                tracing::warn!(sink = %self.name(), event = %e.position, error = %e.error, "event sent to the DLQ");
+            }
+        }
+        on_store(&self.store, move |s| s.park(&entries)).await?;
+        Ok(())
+    }
+
+    /// Pick up purges (released keys) and replay requests.
+    async fn poll_dlq(&mut self, parked: &mut Parked) -> Result<(), SinkStop> {
+        let sink = self.name().to_string();
+        let (entries, replay) = on_store(&self.store, move |s| {
+            let all = s.dlq_list(&DlqFilter {
+                sink: Some(sink.clone()),
+                ids: vec![],
+            })?;
+            let replay = s.dlq_in_state(&sink, DlqState::Replay)?;
+            Ok((all, replay))
+        })
+        .await?;
+        parked.held = self.held_heads(&entries);
+        if replay.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(sink = %self.name(), events = replay.len(), "replaying dead-lettered events");
+        let mut events = Vec::with_capacity(replay.len());
+        for entry in &replay {
+            match envelope::parse(&entry.original) {
+                Ok(e) => events.push(Arc::new(e)),
+                Err(e) => {
+                    tracing::error!(sink = %self.name(), event = %entry.event_id, error = %e, "a parked envelope cannot be read back; it stays parked");
+                    let id = entry.id;
+                    on_store(&self.store, move |s| s.dlq_set_state(id, DlqState::Parked)).await?;
+                }
+            }
+        }
+        let outcomes = self.deliver(&events).await?;
+        let mut again = Vec::new();
+        let mut delivered = Vec::new();
+        for (event, outcome) in events.iter().zip(outcomes) {
+            let entry = replay
+                .iter()
+                .find(|r| r.position == event.position)
+                .expect("replayed entry");
+            match outcome {
+                Outcome::Delivered => delivered.push(entry.id),
+                outcome => {
+                    if let (Outcome::Rejected(_), Some(key)) = (&outcome, hold_key(event)) {
+                        if self.settings.dlq.hold_keys {
+                            parked.held.insert(key, event.id());
+                        }
+                    }
+                    let mut e = self.dlq_entry(event, outcome);
+                    e.original = entry.original.clone();
+                    again.push(e);
+                }
+            }
+        }
+        self.progress
+            .counters
+            .replayed
+            .fetch_add(delivered.len() as u64, relaxed());
+        let failed = again.len();
+        if !again.is_empty() {
+            self.park(again).await?;
+        }
+        on_store(&self.store, move |s| {
+            delivered.iter().try_for_each(|id| s.dlq_resolve(*id))
+        })
+        .await?;
+        // Keys whose head got through are released.
+        let sink = self.name().to_string();
+        let entries = on_store(&self.store, move |s| {
+            s.dlq_list(&DlqFilter {
+                sink: Some(sink),
+                ids: vec![],
+            })
+        })
+        .await?;
+        parked.held = self.held_heads(&entries);
+        tracing::info!(sink = %self.name(), delivered = replay.len() - failed, failed, "replay done");
+        Ok(())
+    }
+
+    /// Deliver events, retrying transient failures with backoff and deferred events at once,
+    /// until each event is delivered, rejected, or (on_key: hold) held behind a rejected one.
+    async fn deliver(&mut self, batch: &[Arc<Event>]) -> Result<Vec<Outcome>, SinkStop> {
         let counters = &self.progress.counters;
         counters.batches.fetch_add(1, relaxed());
         let started = Instant::now();
-        let mut pending: Vec<Arc<Event>> = batch.to_vec();
+        let mut outcomes: Vec<Option<Outcome>> = vec![None; batch.len()];
+        let mut pending: Vec<usize> = (0..batch.len()).collect();
+        let mut rejected_keys: HashMap<String, String> = HashMap::new();
         let mut attempt: u32 = 0;
         loop {
-            let results = self.sink.write(&pending).await;
-            if results.len() != pending.len() {
+            let events: Vec<Arc<Event>> = pending.iter().map(|&i| batch[i].clone()).collect();
+            let results = self.sink.write(&events).await;
+            if results.len() != events.len() {
                 return Err(SinkStop::Contract {
-                    expected: pending.len(),
+                    expected: events.len(),
                     got: results.len(),
                 });
             }
-            let mut retry: Vec<Arc<Event>> = Vec::new();
+            let mut retry = Vec::new();
             let mut reason = String::new();
             let mut wish: Option<Duration> = None;
+            let mut progressed = false;
             let mut delivered = 0u64;
-            for (event, result) in pending.iter().zip(results) {
+            for (&i, result) in pending.iter().zip(results) {
                 match result {
-                    Delivery::Delivered => delivered += 1,
-                    Delivery::Deferred => retry.push(event.clone()),
+                    Delivery::Delivered => {
+                        delivered += 1;
+                        progressed = true;
+                        outcomes[i] = Some(Outcome::Delivered);
+                    }
+                    Delivery::Rejected { reason } => {
+                        progressed = true;
+                        counters.rejected.fetch_add(1, relaxed());
+                        if let Some(key) = hold_key(&batch[i]) {
+                            rejected_keys.entry(key).or_insert_with(|| batch[i].id());
+                        }
+                        outcomes[i] = Some(Outcome::Rejected(reason));
+                    }
+                    Delivery::Deferred => retry.push(i),
                     Delivery::Retry { reason: r, after } => {
-                        retry.push(event.clone());
+                        retry.push(i);
                         if reason.is_empty() {
                             reason = r;
                         }
                         wish = wish.max(after);
                     }
-                    Delivery::Rejected { reason } => {
-                        counters.rejected.fetch_add(1, relaxed());
-                        return Err(SinkStop::Rejected {
-                            id: event.id(),
-                            reason,
-                        });
-                    }
                 }
             }
             counters.delivered.fetch_add(delivered, relaxed());
+            if self.settings.dlq.hold_keys {
+                retry.retain(
+                    |&i| match hold_key(&batch[i]).and_then(|k| rejected_keys.get(&k)) {
+                        Some(head) => {
+                            outcomes[i] = Some(Outcome::Held {
+                                behind: head.clone(),
+                            });
+                            false
+                        }
+                        None => true,
+                    },
+                );
+            }
             if retry.is_empty() {
-                return Ok(());
+                return Ok(outcomes
+                    .into_iter()
+                    .map(|o| o.expect("every event has an outcome"))
+                    .collect());
+            }
+            pending = retry;
+            // Only events deferred behind a permanent failure: send them again at once.
+            if reason.is_empty() && progressed {
+                continue;
             }
             let elapsed = started.elapsed();
             if elapsed >= self.settings.retry_max_elapsed {
                 return Err(SinkStop::RetriesExhausted { elapsed, reason });
             }
-            counters.retries.fetch_add(retry.len() as u64, relaxed());
+            counters.retries.fetch_add(pending.len() as u64, relaxed());
             let delay = backoff(&self.settings, attempt).max(wish.unwrap_or_default());
             attempt = attempt.saturating_add(1);
             tracing::warn!(
-                sink = %self.progress.name,
-                events = retry.len(),
+                sink = %self.name(),
+                events = pending.len(),
                 attempt,
                 delay_ms = delay.as_millis() as u64,
                 %reason,
@@ -171,9 +441,19 @@ impl SinkDriver {
                 _ = tokio::time::sleep(delay) => {}
                 _ = self.shutdown.aborting() => return Err(SinkStop::Interrupted),
             }
-            pending = retry;
         }
     }
+}
+
+/// Run `f` on the state store without blocking the runtime.
+async fn on_store<T: Send + 'static>(
+    store: &Arc<Mutex<StateStore>>,
+    f: impl FnOnce(&mut StateStore) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, StateError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(&mut store.lock().unwrap()))
+        .await
+        .expect("state store task panicked")
 }
 
 /// Exponential backoff with jitter: a random wait in [d/2, d], d = initial × 2^attempt,
@@ -198,14 +478,16 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::event::{Op, Source};
+    use crate::event::{Op, Row, Source, Value};
     use crate::lsn::{Lsn, Position};
     use crate::progress::{Offset, Progress};
 
     /// A sink that answers from a script, then delivers everything; records what it got.
     struct Scripted {
         script: VecDeque<Vec<Delivery>>,
-        seen: Arc<std::sync::Mutex<Vec<Vec<Position>>>>,
+        seen: Arc<Mutex<Vec<Vec<Position>>>>,
+        /// Events with these indices are always rejected (after the script runs out).
+        reject: HashSet<u32>,
     }
 
     #[async_trait]
@@ -215,27 +497,46 @@ mod tests {
                 .lock()
                 .unwrap()
                 .push(batch.iter().map(|e| e.position).collect());
-            self.script
-                .pop_front()
-                .unwrap_or_else(|| vec![Delivery::Delivered; batch.len()])
+            if let Some(answer) = self.script.pop_front() {
+                return answer;
+            }
+            let mut failed_keys = HashSet::new();
+            batch
+                .iter()
+                .map(|e| {
+                    let key = e.ordering_key();
+                    if failed_keys.contains(&key) {
+                        Delivery::Deferred
+                    } else if self.reject.contains(&e.position.index) {
+                        failed_keys.insert(key);
+                        Delivery::rejected("422 no")
+                    } else {
+                        Delivery::Delivered
+                    }
+                })
+                .collect()
         }
     }
 
-    fn event(commit: u64, index: u32) -> Entry {
+    fn keyed(commit: u64, index: u32, key: i64) -> Entry {
         let source = Source {
             pipeline: "p".into(),
-            schema: None,
-            table: None,
+            schema: Some("public".into()),
+            table: Some("t".into()),
             lsn: Lsn(commit),
             commit_lsn: Lsn(commit),
             xid: None,
             ts_micros: 0,
         };
-        Entry::Event(Arc::new(Event::new(
-            Position::new(Lsn(commit), index),
-            Op::Insert,
-            source,
-        )))
+        let mut e = Event::new(Position::new(Lsn(commit), index), Op::Insert, source);
+        let mut row = Row::default();
+        row.push("id".into(), Value::Int(key));
+        e.key = Some(row);
+        Entry::Event(Arc::new(e))
+    }
+
+    fn event(commit: u64, index: u32) -> Entry {
+        keyed(commit, index, index as i64)
     }
 
     fn settings() -> DeliverySettings {
@@ -245,6 +546,27 @@ mod tests {
             retry_initial: Duration::from_millis(1),
             retry_max: Duration::from_millis(5),
             retry_max_elapsed: Duration::from_secs(5),
+            dlq: DlqPolicy {
+                max_ratio: 0.5,
+                window: 100,
+                hold_keys: false,
+            },
+        }
+    }
+
+    struct Run {
+        result: Result<(), SinkStop>,
+        seen: Vec<Vec<Position>>,
+        progress: Arc<Progress>,
+        store: Arc<Mutex<StateStore>>,
+        _dir: TempDir,
+    }
+
+    struct TempDir(std::path::PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
         }
     }
 
@@ -252,27 +574,54 @@ mod tests {
         entries: Vec<Entry>,
         committed: Offset,
         script: Vec<Vec<Delivery>>,
+        reject: &[u32],
         settings: DeliverySettings,
-    ) -> (Result<(), SinkStop>, Vec<Vec<Position>>, Arc<Progress>) {
+    ) -> Run {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "sluice-driver-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, relaxed())
+        ));
+        let store = Arc::new(Mutex::new(StateStore::open(&dir.join("s.db")).unwrap()));
         let journal = Journal::new(100);
         let progress = Progress::new(vec![("s".into(), committed)]);
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let driver = SinkDriver {
             sink: Box::new(Scripted {
                 script: script.into(),
                 seen: seen.clone(),
+                reject: reject.iter().copied().collect(),
             }),
             reader: journal.register(),
             journal: journal.clone(),
             settings,
             progress: progress.sinks()[0].clone(),
             shutdown: Shutdown::new(),
+            store: store.clone(),
+            config_hash: "h".into(),
         };
         journal.append(entries).await;
         journal.close();
         let result = driver.run().await;
         let seen = seen.lock().unwrap().clone();
-        (result, seen, progress)
+        Run {
+            result,
+            seen,
+            progress,
+            store,
+            _dir: TempDir(dir),
+        }
+    }
+
+    fn dlq(run: &Run) -> Vec<(String, DlqState)> {
+        let store = run.store.lock().unwrap();
+        store
+            .dlq_list(&DlqFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.event_id, e.state))
+            .collect()
     }
 
     #[tokio::test]
@@ -291,13 +640,16 @@ mod tests {
             Delivery::retry("503"),
             Delivery::Deferred,
         ]];
-        let (result, seen, progress) = drive(entries, Offset::default(), script, settings()).await;
-        result.unwrap();
+        let run = drive(entries, Offset::default(), script, &[], settings()).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
         let p = |i| Position::new(Lsn(100), i);
-        assert_eq!(seen, vec![vec![p(0), p(1), p(2)], vec![p(1), p(2)]]);
-        let committed = progress.sinks()[0].take_dirty().unwrap().1;
+        assert_eq!(run.seen, vec![vec![p(0), p(1), p(2)], vec![p(1), p(2)]]);
+        let committed = run.progress.sinks()[0].take_dirty().unwrap().1;
         assert_eq!((committed.position, committed.flush_lsn), (p(2), Lsn(120)));
-        assert_eq!(progress.sinks()[0].counters.delivered.load(relaxed()), 3);
+        assert_eq!(
+            run.progress.sinks()[0].counters.delivered.load(relaxed()),
+            3
+        );
     }
 
     #[tokio::test]
@@ -307,30 +659,88 @@ mod tests {
             ..Default::default()
         };
         let entries = vec![event(100, 0), event(100, 1), event(100, 2), event(200, 0)];
-        let (result, seen, _) = drive(entries, committed, vec![], settings()).await;
-        result.unwrap();
+        let run = drive(entries, committed, vec![], &[], settings()).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
         assert_eq!(
-            seen,
+            run.seen,
             vec![vec![Position::new(Lsn(100), 2), Position::new(Lsn(200), 0)]]
         );
     }
 
     #[tokio::test]
-    async fn a_rejected_event_stops_the_sink_without_advancing() {
-        let script = vec![vec![Delivery::Delivered, Delivery::rejected("422 bad")]];
-        let (result, _, progress) = drive(
-            vec![event(1, 0), event(1, 1)],
+    async fn a_rejected_event_is_parked_and_the_rest_of_its_key_goes_on() {
+        let entries = vec![keyed(1, 0, 7), keyed(1, 1, 7), keyed(1, 2, 8)];
+        let run = drive(entries, Offset::default(), vec![], &[0], settings()).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
+        assert_eq!(dlq(&run), vec![("0/1:0".to_string(), DlqState::Parked)]);
+        // The deferred event of key 7 was sent again right away, after the parking.
+        assert_eq!(run.seen.len(), 2);
+        assert_eq!(run.seen[1], vec![Position::new(Lsn(1), 1)]);
+        let committed = run.progress.sinks()[0].take_dirty().unwrap().1;
+        assert_eq!(
+            committed.position,
+            Position::new(Lsn(1), 2),
+            "the offset moves past the parked event"
+        );
+    }
+
+    #[tokio::test]
+    async fn on_key_hold_parks_later_events_of_the_key_behind_the_failed_one() {
+        let mut s = settings();
+        s.dlq.hold_keys = true;
+        s.max_events = 2;
+        let entries = vec![
+            keyed(1, 0, 7),
+            keyed(1, 1, 7),
+            keyed(1, 2, 8),
+            keyed(1, 3, 7),
+        ];
+        let run = drive(entries, Offset::default(), vec![], &[0], s).await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
+        assert_eq!(
+            dlq(&run),
+            vec![
+                ("0/1:0".to_string(), DlqState::Parked),
+                ("0/1:1".to_string(), DlqState::Held),
+                ("0/1:3".to_string(), DlqState::Held),
+            ]
+        );
+        let sent: Vec<Position> = run.seen.concat();
+        assert!(
+            !sent.contains(&Position::new(Lsn(1), 3)),
+            "a held event is never sent"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_breaker_stops_a_sink_that_rejects_too_much() {
+        let mut s = settings();
+        s.dlq = DlqPolicy {
+            max_ratio: 0.5,
+            window: 4,
+            hold_keys: false,
+        };
+        let entries = (0..8).map(|i| event(1, i)).collect();
+        let run = drive(
+            entries,
             Offset::default(),
-            script,
-            settings(),
+            vec![],
+            &[0, 1, 2, 3, 4, 5, 6, 7],
+            s,
         )
         .await;
         assert!(
-            matches!(result, Err(SinkStop::Rejected { ref reason, .. }) if reason == "422 bad")
+            matches!(run.result, Err(SinkStop::Breaker(_))),
+            "{:?}",
+            run.result.err()
         );
         assert!(
-            progress.sinks()[0].take_dirty().is_none(),
-            "offset must not pass a rejected event"
+            run.progress.sinks()[0].take_dirty().is_none(),
+            "a tripped batch does not advance the offset"
+        );
+        assert!(
+            !dlq(&run).is_empty(),
+            "what was rejected is parked durably all the same"
         );
     }
 
@@ -339,10 +749,10 @@ mod tests {
         let mut s = settings();
         s.retry_max_elapsed = Duration::from_millis(30);
         let script = (0..1000).map(|_| vec![Delivery::retry("down")]).collect();
-        let (result, seen, progress) = drive(vec![event(1, 0)], Offset::default(), script, s).await;
-        assert!(matches!(result, Err(SinkStop::RetriesExhausted { .. })));
-        assert!(seen.len() > 2, "it retried before giving up");
-        assert!(progress.sinks()[0].take_dirty().is_none());
+        let run = drive(vec![event(1, 0)], Offset::default(), script, &[], s).await;
+        assert!(matches!(run.result, Err(SinkStop::RetriesExhausted { .. })));
+        assert!(run.seen.len() > 2, "it retried before giving up");
+        assert!(run.progress.sinks()[0].take_dirty().is_none());
     }
 
     #[test]

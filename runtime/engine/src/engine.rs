@@ -19,6 +19,8 @@ pub struct SinkSpec {
     pub name: String,
     pub sink: Box<dyn Sink>,
     pub settings: DeliverySettings,
+    /// Hash of the sink's configuration, recorded with every event it parks.
+    pub config_hash: String,
 }
 
 pub struct EngineOptions {
@@ -81,6 +83,7 @@ pub async fn run(
         progress: progress.clone(),
         journal: journal.clone(),
         readers: readers.clone(),
+        store: store.clone(),
     };
     let admin_task = match options.admin {
         Some(addr) => {
@@ -109,6 +112,8 @@ pub async fn run(
             settings: spec.settings,
             progress: sink_progress.clone(),
             shutdown: shutdown.clone(),
+            store: store.clone(),
+            config_hash: spec.config_hash,
         };
         let (journal, store, progress, shutdown) = (
             journal.clone(),

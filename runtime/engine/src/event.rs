@@ -225,6 +225,11 @@ impl Event {
         })
     }
 
+    /// Use these bytes as the event's JSON (an envelope read back verbatim).
+    pub fn set_json(&mut self, json: Bytes) {
+        self.json = OnceLock::from(json);
+    }
+
     /// A hash of what orders this event: table and key. Events with equal ordering keys
     /// must reach a sink in stream order; different keys may be delivered concurrently.
     /// Keyless rows share their table's ordering key, so they stay in order. `None` marks a

@@ -14,8 +14,10 @@
 
 pub mod admin;
 pub mod config;
+pub mod dlq;
 pub mod driver;
 pub mod engine;
+pub mod envelope;
 pub mod event;
 pub mod journal;
 pub mod lsn;

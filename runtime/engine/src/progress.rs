@@ -41,6 +41,12 @@ pub struct SinkCounters {
     pub rejected: AtomicU64,
     pub skipped: AtomicU64,
     pub batches: AtomicU64,
+    /// Events sent to the DLQ (failed permanently).
+    pub parked: AtomicU64,
+    /// Events held in the DLQ behind a parked event of their key.
+    pub held: AtomicU64,
+    /// Parked events delivered by a replay.
+    pub replayed: AtomicU64,
 }
 
 /// The progress of one sink.

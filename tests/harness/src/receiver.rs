@@ -28,6 +28,8 @@ pub struct Request {
     pub raw: Bytes,
     pub body: Value,
     pub status: u16,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -156,11 +158,13 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> Stat
         Respond::Status(code) => *code,
         Respond::With(f) => f(&body),
     };
+    let at = std::time::Instant::now();
     s.log.lock().unwrap().requests.push(Request {
         headers,
         raw,
         body,
         status,
+        at,
     });
     StatusCode::from_u16(status).unwrap()
 }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod dlq;
 pub mod run;
 pub mod status;
 pub mod teardown;

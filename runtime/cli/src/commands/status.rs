@@ -15,10 +15,14 @@ use crate::Failure;
 pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
     let pipeline = super::load(path)?;
     let failed = |e: &dyn std::fmt::Display| Failure::Runtime(e.to_string());
-    let records = match StateStore::open_existing(&pipeline.state).map_err(|e| failed(&e))? {
-        Some(store) => store.sinks().map_err(|e| failed(&e))?,
-        None => Default::default(),
-    };
+    let (records, depths) =
+        match StateStore::open_existing(&pipeline.state).map_err(|e| failed(&e))? {
+            Some(store) => (
+                store.sinks().map_err(|e| failed(&e))?,
+                store.dlq_depths().map_err(|e| failed(&e))?,
+            ),
+            None => Default::default(),
+        };
     let (slot, slot_error) = match setup::connect(pipeline.source.url.expose()).await {
         Ok(client) => match setup::slot_status(&client, &pipeline.source.slot).await {
             Ok(s) => (Some(s), None),
@@ -57,6 +61,7 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
                 "lag_seconds": (rec.offset.commit_ts_micros > 0)
                     .then(|| ((now_micros - rec.offset.commit_ts_micros) as f64 / 1e6).max(0.0)),
                 "queue": live_sink.as_ref().map(|l| l["queue"].clone()),
+                "dlq": depths.iter().find(|(n, _)| *n == s.name).map_or(0, |(_, d)| *d),
             })
         })
         .collect();
@@ -111,8 +116,8 @@ fn print_human(
         (None, None) => {}
     }
     println!(
-        "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8}",
-        "SINK", "TYPE", "STATE", "COMMITTED", "LAG", "LAG(s)", "QUEUE"
+        "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8} {:>8}",
+        "SINK", "TYPE", "STATE", "COMMITTED", "LAG", "LAG(s)", "QUEUE", "DLQ"
     );
     for s in sinks {
         let text = |v: &Value| match v {
@@ -121,7 +126,7 @@ fn print_human(
             other => other.to_string(),
         };
         println!(
-            "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8}",
+            "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8} {:>8}",
             text(&s["name"]),
             text(&s["type"]),
             text(&s["state"]),
@@ -135,6 +140,7 @@ fn print_human(
                 .map(|v| format!("{v:.1}"))
                 .unwrap_or_else(|| "-".into()),
             text(&s["queue"]),
+            text(&s["dlq"]),
         );
         if let Some(reason) = s["reason"].as_str() {
             println!("  stopped: {reason}");

@@ -1,4 +1,5 @@
-//! The state store: sink offsets and sink status in an embedded SQLite file.
+//! The state store: sink offsets, sink status and dead-letter queues in an embedded
+//! SQLite file.
 //!
 //! One file per pipeline (`state:`), WAL journal mode, `synchronous=FULL`: an offset that
 //! was committed here survives kill -9 and power loss, which matters because the slot is
@@ -12,6 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::lsn::{Lsn, Position};
 use crate::progress::Offset;
+
+mod dlq;
+
+pub use dlq::{DlqEntry, DlqFilter, DlqState, NewDlqEntry};
 
 #[derive(Debug, thiserror::Error)]
 #[error("state store {path}: {source}")]
@@ -31,8 +36,8 @@ pub struct SinkRecord {
 }
 
 pub struct StateStore {
-    conn: Connection,
-    path: PathBuf,
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
 }
 
 const SCHEMA: &str = "
@@ -45,6 +50,27 @@ create table if not exists sink_offsets (
     commit_ts integer not null,
     updated_at integer not null
 );
+create table if not exists dlq (
+    id integer primary key autoincrement,
+    sink text not null,
+    event_id text not null,
+    commit_lsn integer not null,
+    idx integer not null,
+    ordering_key text,
+    original blob not null,
+    failed blob not null,
+    stage text not null,
+    error_kind text not null,
+    error text not null,
+    attempts integer not null,
+    first_failed_at integer not null,
+    last_failed_at integer not null,
+    config_hash text not null,
+    state text not null,
+    held_behind text,
+    unique (sink, event_id)
+);
+create index if not exists dlq_by_sink on dlq (sink, state, commit_lsn, idx);
 create table if not exists sink_status (
     sink text primary key,
     state text not null,
@@ -53,7 +79,7 @@ create table if not exists sink_status (
 );
 ";
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -93,7 +119,7 @@ impl StateStore {
         Self::open(path).map(Some)
     }
 
-    fn err(&self, source: rusqlite::Error) -> StateError {
+    pub(crate) fn err(&self, source: rusqlite::Error) -> StateError {
         StateError {
             path: self.path.clone(),
             source,
@@ -227,7 +253,7 @@ impl StateStore {
     /// Forget every offset and status (after `sluice teardown`).
     pub fn clear(&self) -> Result<(), StateError> {
         self.conn
-            .execute_batch("delete from sink_offsets; delete from sink_status; delete from meta;")
+            .execute_batch("delete from sink_offsets; delete from sink_status; delete from meta; delete from dlq;")
             .map_err(|e| self.err(e))
     }
 }
