@@ -190,7 +190,11 @@ impl SinkDriver {
                 }
                 next.position = event.position;
                 next.commit_ts_micros = event.source.ts_micros;
-                match hold_key(event).and_then(|k| parked.held.get(&k)) {
+                let held_behind = match parked.held.is_empty() {
+                    true => None,
+                    false => hold_key(event).and_then(|k| parked.held.get(&k)),
+                };
+                match held_behind {
                     Some(head) => park.push(self.dlq_entry(
                         event,
                         Outcome::Held {

@@ -4,7 +4,6 @@
 //! `SPEC.md` ("The event envelope"); [`Event::json`] encodes it once and caches the bytes,
 //! so fanning one event out to many sinks costs one encoding.
 
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
@@ -239,21 +238,17 @@ impl Event {
         if self.op == Op::Truncate {
             return None;
         }
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.source.schema.hash(&mut h);
-        self.source.table.hash(&mut h);
+        let mut h = Fnv1a::default();
+        h.text(self.source.schema.as_deref().unwrap_or(""));
+        h.text(self.source.table.as_deref().unwrap_or(""));
         match (&self.key, &self.message) {
             (Some(key), _) => {
                 for c in &key.0 {
-                    c.name.hash(&mut h);
-                    serde_json::to_string(&c.value)
-                        .unwrap_or_default()
-                        .hash(&mut h);
+                    h.text(&c.name);
+                    hash_value(&c.value, &mut h);
                 }
             }
-            (None, Some(m)) => serde_json::to_string(&m.aggregate_id)
-                .unwrap_or_default()
-                .hash(&mut h),
+            (None, Some(m)) => hash_value(&m.aggregate_id, &mut h),
             (None, None) => {}
         }
         Some(h.finish())
@@ -305,6 +300,68 @@ impl Serialize for Event {
             st.serialize_field("unchanged", &unchanged)?;
         }
         st.end()
+    }
+}
+
+/// FNV-1a over explicit bytes: ordering keys are stored in DLQ entries, so they must not
+/// change with the Rust release or the platform.
+struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    fn bytes(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ *b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+    fn text(&mut self, text: &str) {
+        self.bytes(&(text.len() as u64).to_le_bytes());
+        self.bytes(text.as_bytes());
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Hash a value by what it means, without encoding it.
+fn hash_value(v: &Value, h: &mut Fnv1a) {
+    match v {
+        Value::Null => h.bytes(&[0]),
+        Value::Bool(b) => h.bytes(&[1, *b as u8]),
+        Value::Int(i) => {
+            h.bytes(&[2]);
+            h.bytes(&i.to_le_bytes());
+        }
+        Value::Float(f) => {
+            h.bytes(&[3]);
+            h.bytes(&f.to_bits().to_le_bytes());
+        }
+        Value::Text(t) => {
+            h.bytes(&[4]);
+            h.text(t);
+        }
+        Value::Json(raw) => {
+            h.bytes(&[5]);
+            h.text(raw.get());
+        }
+        Value::Bytes(b) => {
+            h.bytes(&[6]);
+            h.bytes(&(b.len() as u64).to_le_bytes());
+            h.bytes(b);
+        }
+        Value::Array(items) => {
+            h.bytes(&[7]);
+            h.bytes(&(items.len() as u64).to_le_bytes());
+            items.iter().for_each(|i| hash_value(i, h));
+        }
     }
 }
 
@@ -400,6 +457,31 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
         assert_eq!(v["event"]["type"], "OrderPaid");
         assert!(v.get("before").is_none() && v.get("after").is_none());
+    }
+
+    #[test]
+    fn ordering_keys_are_stable_and_separate_keys_and_tables() {
+        let keyed = |table: &str, id: i64| {
+            let mut s = source();
+            s.table = Some(table.into());
+            let mut e = Event::new(Position::new(Lsn(1), 0), Op::Update, s);
+            let mut key = Row::default();
+            key.push("id".into(), Value::Int(id));
+            e.key = Some(key);
+            e.ordering_key().unwrap()
+        };
+        assert_eq!(keyed("orders", 1), keyed("orders", 1));
+        assert_ne!(keyed("orders", 1), keyed("orders", 2));
+        assert_ne!(keyed("orders", 1), keyed("customers", 1));
+        // Stored in DLQ entries: the value must never change between builds.
+        assert_eq!(
+            keyed("orders", 1),
+            0x5b6c_01c1_af10_396d,
+            "{:#x}",
+            keyed("orders", 1)
+        );
+        let truncate = Event::new(Position::new(Lsn(1), 0), Op::Truncate, source());
+        assert_eq!(truncate.ordering_key(), None);
     }
 
     #[test]
