@@ -28,23 +28,21 @@ pub fn webhook_pipeline(
     )
 }
 
-/// Wait until the pipeline's slot is streaming to sluice.
+/// Wait until a walsender streams the pipeline's slot to sluice. (`active` alone is not
+/// enough: creating the slot marks it active for a moment too.)
 pub async fn wait_streaming(pg: &Postgres, slot: &str) {
     let client = pg.client().await;
-    eventually(
-        Duration::from_secs(60),
-        "the slot to become active",
-        async || {
-            let row = client
-                .query_opt(
-                    "select active from pg_replication_slots where slot_name = $1",
-                    &[&slot],
-                )
-                .await
-                .ok()??;
-            row.get::<_, bool>(0).then_some(())
-        },
-    )
+    eventually(Duration::from_secs(60), "a walsender to stream from the slot", async || {
+        client
+            .query_opt(
+                "select 1 from pg_replication_slots s join pg_stat_replication r on r.pid = s.active_pid
+                  where s.slot_name = $1",
+                &[&slot],
+            )
+            .await
+            .ok()?
+            .map(drop)
+    })
     .await;
 }
 

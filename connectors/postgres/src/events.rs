@@ -33,7 +33,7 @@ pub enum BuildError {
     NoTransaction(&'static str),
     #[error("streamed transactions were not requested but the server sent {0}")]
     Streaming(&'static str),
-    #[error("catalog lookup: {0}")]
+    #[error("catalog lookup: {}", crate::setup::describe(.0))]
     Catalog(#[from] tokio_postgres::Error),
 }
 

@@ -12,15 +12,34 @@ use crate::options::{PostgresOptions, TableRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot connect to PostgreSQL: {0}")]
+    #[error("cannot connect to PostgreSQL: {}", describe(.0))]
     Connect(#[source] tokio_postgres::Error),
     #[error("{0}")]
     Check(String),
-    #[error("{what}: {source}")]
+    #[error("{what}: {}", describe(.source))]
     Query {
         what: String,
         source: tokio_postgres::Error,
     },
+}
+
+/// A tokio-postgres error in words: the server's message, detail and hint when it sent
+/// them (its own Display says only "db error"), else the underlying cause.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = format!("{} ({})", db.message(), db.code().code());
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!("; {detail}"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; hint: {hint}"));
+        }
+        return text;
+    }
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 impl SetupError {
@@ -152,8 +171,14 @@ async fn ensure_publication(client: &Client, o: &PostgresOptions) -> Result<(), 
         .map_err(query_err("looking up the publication"))?;
     match existing {
         None => {
+            // A pipeline of logical messages only still needs a publication to stream.
+            let tables = if list.is_empty() {
+                String::new()
+            } else {
+                format!("FOR TABLE {list} ")
+            };
             let sql = format!(
-                "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+                "CREATE PUBLICATION {} {tables}WITH (publish_via_partition_root = true)",
                 ident(&o.publication)
             );
             client
@@ -200,7 +225,8 @@ async fn ensure_publication(client: &Client, o: &PostgresOptions) -> Result<(), 
 fn admin_needed(e: tokio_postgres::Error, sql: &str) -> SetupError {
     if e.code().is_some_and(|c| c.code() == "42501") {
         SetupError::Check(format!(
-            "this role may not manage the publication ({e}); ask an administrator to run:\n    {sql};"
+            "this role may not manage the publication ({}); ask an administrator to run:\n    {sql};",
+            describe(&e)
         ))
     } else {
         SetupError::Query {
@@ -265,8 +291,9 @@ async fn ensure_slot(
                 .map_err(|e| {
                     if e.code().is_some_and(|c| c.code() == "42501") {
                         SetupError::Check(format!(
-                            "this role may not create replication slots ({e}); grant it REPLICATION, or ask an \
+                            "this role may not create replication slots ({}); grant it REPLICATION, or ask an \
                              administrator to run:\n    SELECT pg_create_logical_replication_slot('{}', 'pgoutput');",
+                            describe(&e),
                             o.slot
                         ))
                     } else {

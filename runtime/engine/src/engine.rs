@@ -124,7 +124,12 @@ pub async fn run(
         drivers.push(tokio::spawn(async move {
             let result = driver.run().await;
             match &result {
-                Ok(()) => tracing::info!(sink = %sink_progress.name, "sink drained"),
+                Ok(()) => {
+                    tracing::info!(sink = %sink_progress.name, "sink drained");
+                    if let Err(e) = store.lock().unwrap().set_sink_status(&sink_progress.name, "idle", None) {
+                        tracing::warn!(error = %e, "cannot record the sink's status");
+                    }
+                }
                 Err(SinkStop::Interrupted) => {
                     tracing::warn!(sink = %sink_progress.name, "sink interrupted while retrying; its offset is kept")
                 }

@@ -65,9 +65,11 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
             })
         })
         .collect();
+    // Without an admin server, an active slot is the sign of a running pipeline.
+    let running = live.is_some() || slot.as_ref().is_some_and(|s| s.active);
     let report = json!({
         "pipeline": pipeline.name,
-        "running": live.is_some(),
+        "running": running,
         "slot": slot.as_ref().map(|s| serde_json::to_value(s).unwrap_or_default()),
         "slot_error": slot_error,
         "sinks": sinks,
@@ -83,7 +85,7 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
             slot.as_ref(),
             report["slot_error"].as_str(),
             &sinks,
-            live.is_some(),
+            running,
         );
     }
     Ok(())
