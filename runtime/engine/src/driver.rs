@@ -43,7 +43,7 @@ impl Default for DeliverySettings {
     fn default() -> Self {
         DeliverySettings {
             max_events: 500,
-            max_wait: Duration::from_millis(50),
+            max_wait: Duration::from_millis(10),
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
             retry_max_elapsed: Duration::from_secs(15 * 60),

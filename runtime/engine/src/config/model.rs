@@ -397,8 +397,9 @@ pub struct BatchConfig {
     /// The most events in one write. At least 1; default 500.
     #[serde(deserialize_with = "at_least_one")]
     pub max_events: usize,
-    /// How long to wait for a batch to fill before writing what there is, e.g. `50ms`
-    /// (the default). `0s`: never wait.
+    /// How long a partial batch may wait for more events before it is written; default
+    /// `10ms`. It bounds the latency batching adds at low rates (under load batches fill at
+    /// once); raise it for fewer, larger writes. `0s`: never wait.
     #[serde(deserialize_with = "duration::deserialize")]
     pub max_wait: Duration,
 }
@@ -407,7 +408,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             max_events: 500,
-            max_wait: Duration::from_millis(50),
+            max_wait: Duration::from_millis(10),
         }
     }
 }
@@ -720,7 +721,7 @@ mod tests {
     fn delivery_defaults() {
         let d = DeliveryConfig::default();
         assert_eq!(d.batch.max_events, 500);
-        assert_eq!(d.batch.max_wait, Duration::from_millis(50));
+        assert_eq!(d.batch.max_wait, Duration::from_millis(10));
         assert_eq!(d.retry.initial, Duration::from_millis(100));
         assert_eq!(d.retry.max, Duration::from_secs(30));
         assert_eq!(d.retry.max_elapsed, Duration::from_secs(900));
