@@ -59,6 +59,7 @@ pub fn build_sinks(pipeline: &Pipeline) -> Result<Vec<SinkSpec>, ConfigError> {
                 sink: build_sink(s)?,
                 settings: settings(&s.delivery),
                 config_hash: config_hash(s),
+                transforms: Vec::new(),
             })
         })
         .collect()

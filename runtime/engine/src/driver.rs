@@ -16,10 +16,10 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::dlq::{hold_key, Breaker, DlqPolicy};
+use crate::chain::{pipeline_outputs, Chain, ChainFailure, SharedChain};
 use crate::envelope;
 use crate::event::Event;
 use crate::journal::{Entry, Journal, ReaderId};
-use crate::lsn::Position;
 use crate::progress::SinkProgress;
 use crate::shutdown::Shutdown;
 use crate::sink::{Delivery, Sink};
@@ -74,15 +74,15 @@ pub enum SinkStop {
 }
 
 /// What finally happened to one event of a delivery.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 enum Outcome {
     Delivered,
-    /// Failed permanently: it goes to the DLQ.
+    /// Failed permanently at the sink: it goes to the DLQ.
     Rejected(String),
     /// `on_key: hold`: waits in the DLQ behind the parked event with this id.
-    Held {
-        behind: String,
-    },
+    Held { behind: String },
+    /// A transform failed the source event.
+    Transform(ChainFailure),
 }
 
 pub struct SinkDriver {
@@ -97,13 +97,23 @@ pub struct SinkDriver {
     pub store: Arc<Mutex<StateStore>>,
     /// Hash of the sink's configuration, recorded with each parked event.
     pub config_hash: String,
+    /// The pipeline-level transforms, shared by every sink (run once per event).
+    pub pipeline_chain: SharedChain,
+    /// This sink's own transforms, run after the pipeline's.
+    pub chain: Chain,
+}
+
+/// One source event on its way to the sink: what the chains made of it.
+struct Staged {
+    input: Arc<Event>,
+    outputs: Result<Vec<Arc<Event>>, ChainFailure>,
 }
 
 /// The driver's view of its DLQ.
 struct Parked {
-    /// Events already in the DLQ and after the committed offset: a restart must not send
-    /// them again (they wait for a replay), nor park them twice.
-    positions: HashSet<Position>,
+    /// Ids of events already in the DLQ and after the committed offset: a restart must not
+    /// send them again (they wait for a replay), nor park them twice.
+    ids: HashSet<String>,
     /// `on_key: hold`: hold key → id of the parked event later events of the key wait behind.
     held: HashMap<String, String>,
     breaker: Breaker,
@@ -124,19 +134,9 @@ impl SinkDriver {
     async fn load_parked(&mut self) -> Result<Parked, StateError> {
         let committed = self.progress.committed().position;
         let sink = self.name().to_string();
-        let entries = on_store(&self.store, move |s| {
-            s.dlq_list(&DlqFilter {
-                sink: Some(sink),
-                ids: vec![],
-            })
-        })
-        .await?;
+        let entries = on_store(&self.store, move |s| s.dlq_list(&DlqFilter { sink: Some(sink), ids: vec![] })).await?;
         Ok(Parked {
-            positions: entries
-                .iter()
-                .map(|e| e.position)
-                .filter(|p| *p > committed)
-                .collect(),
+            ids: entries.iter().filter(|e| e.position > committed).map(|e| e.event_id.clone()).collect(),
             held: self.held_heads(&entries),
             breaker: Breaker::new(self.settings.dlq.clone()),
         })
@@ -171,58 +171,31 @@ impl SinkDriver {
             }
             let Some(read) = read else { continue };
             let Some((seq, entries)) = read else { break };
-            let mut batch: Vec<Arc<Event>> = Vec::with_capacity(entries.len());
-            let mut park: Vec<NewDlqEntry> = Vec::new();
+            let mut inputs: Vec<Arc<Event>> = Vec::with_capacity(entries.len());
             let mut next = offset;
             for entry in &entries {
-                let event = match entry {
-                    Entry::Commit { end_lsn, .. } => {
-                        next.flush_lsn = next.flush_lsn.max(*end_lsn);
-                        continue;
+                match entry {
+                    Entry::Commit { end_lsn, .. } => next.flush_lsn = next.flush_lsn.max(*end_lsn),
+                    Entry::Event(event) if event.position <= committed.position => {
+                        self.progress.counters.skipped.fetch_add(1, relaxed());
                     }
-                    Entry::Event(event) => event,
-                };
-                if event.position <= committed.position
-                    || parked.positions.contains(&event.position)
-                {
-                    self.progress.counters.skipped.fetch_add(1, relaxed());
-                    continue;
-                }
-                next.position = event.position;
-                next.commit_ts_micros = event.source.ts_micros;
-                let held_behind = match parked.held.is_empty() {
-                    true => None,
-                    false => hold_key(event).and_then(|k| parked.held.get(&k)),
-                };
-                match held_behind {
-                    Some(head) => park.push(self.dlq_entry(
-                        event,
-                        Outcome::Held {
-                            behind: head.clone(),
-                        },
-                    )),
-                    None => batch.push(event.clone()),
+                    Entry::Event(event) => {
+                        next.position = event.position;
+                        next.commit_ts_micros = event.source.ts_micros;
+                        if !parked.ids.is_empty() && parked.ids.contains(&event.id()) {
+                            self.progress.counters.skipped.fetch_add(1, relaxed());
+                        } else {
+                            inputs.push(event.clone());
+                        }
+                    }
                 }
             }
-            if !batch.is_empty() {
-                let outcomes = self.deliver(&batch).await?;
-                for (event, outcome) in batch.iter().zip(outcomes) {
-                    parked
-                        .breaker
-                        .record(matches!(outcome, Outcome::Rejected(_)));
-                    if outcome == Outcome::Delivered {
-                        continue;
-                    }
-                    if let (Outcome::Rejected(_), true, Some(key)) =
-                        (&outcome, self.settings.dlq.hold_keys, hold_key(event))
-                    {
-                        parked.held.insert(key, event.id());
-                    }
-                    park.push(self.dlq_entry(event, outcome));
+            if !inputs.is_empty() {
+                let staged = self.stage(&inputs, true);
+                let park = self.deliver_staged(staged, &mut parked).await?;
+                if !park.is_empty() {
+                    self.park(park).await?;
                 }
-            }
-            if !park.is_empty() {
-                self.park(park).await?;
             }
             if parked.breaker.tripped() {
                 return Err(SinkStop::Breaker(parked.breaker.describe()));
@@ -233,28 +206,150 @@ impl SinkDriver {
         Ok(())
     }
 
-    fn dlq_entry(&self, event: &Event, outcome: Outcome) -> NewDlqEntry {
-        let (state, kind, error, held_behind) = match outcome {
-            Outcome::Rejected(reason) => (DlqState::Parked, "rejected", reason, None),
+    /// Run source events through the pipeline's chain (cached across sinks when `cached`)
+    /// and this sink's chain. Transforms are CPU work: they run on this thread, with the
+    /// runtime told so.
+    fn stage(&mut self, inputs: &[Arc<Event>], cached: bool) -> Vec<Staged> {
+        let needs_work = !self.chain.is_empty() || !self.pipeline_chain.lock().unwrap().is_empty();
+        let mut run = || {
+            let first: Vec<Arc<crate::chain::ChainOutput>> = if cached {
+                pipeline_outputs(&self.pipeline_chain, inputs)
+            } else {
+                let mut chain = self.pipeline_chain.lock().unwrap();
+                if chain.is_empty() {
+                    inputs.iter().map(|e| Arc::new(Ok(vec![e.clone()]))).collect()
+                } else {
+                    chain.run(inputs).into_iter().map(Arc::new).collect()
+                }
+            };
+            let mut staged: Vec<Staged> = inputs
+                .iter()
+                .zip(first)
+                .map(|(input, out)| Staged { input: input.clone(), outputs: (*out).clone() })
+                .collect();
+            if !self.chain.is_empty() {
+                let mid: Vec<(usize, Arc<Event>)> = staged
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.outputs.as_ref().ok().map(|o| (i, o)))
+                    .flat_map(|(i, outs)| outs.iter().map(move |e| (i, e.clone())))
+                    .collect();
+                let events: Vec<Arc<Event>> = mid.iter().map(|(_, e)| e.clone()).collect();
+                let results = self.chain.run(&events);
+                let mut rebuilt: Vec<Option<Result<Vec<Arc<Event>>, ChainFailure>>> =
+                    staged.iter().map(|s| s.outputs.as_ref().err().map(|f| Err(f.clone()))).collect();
+                for ((i, _), result) in mid.into_iter().zip(results) {
+                    let slot = rebuilt[i].get_or_insert_with(|| Ok(Vec::new()));
+                    match (slot.as_mut(), result) {
+                        (Ok(all), Ok(outs)) => all.extend(outs),
+                        (Ok(_), Err(f)) => *slot = Err(f),
+                        (Err(_), _) => {}
+                    }
+                }
+                for (s, r) in staged.iter_mut().zip(rebuilt) {
+                    s.outputs = r.unwrap_or_else(|| Ok(Vec::new()));
+                    if let Ok(outs) = &mut s.outputs {
+                        crate::chain::number(outs);
+                    }
+                }
+            }
+            staged
+        };
+        if needs_work && tokio::runtime::Handle::try_current().is_ok_and(|h| {
+            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+        }) {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        }
+    }
+
+    /// Deliver what the chains made of a batch; return what must be parked. Updates the
+    /// breaker and the held keys.
+    async fn deliver_staged(&mut self, staged: Vec<Staged>, parked: &mut Parked) -> Result<Vec<NewDlqEntry>, SinkStop> {
+        let mut park = Vec::new();
+        let mut batch: Vec<Arc<Event>> = Vec::new();
+        let mut origin: Vec<usize> = Vec::new();
+        for (i, s) in staged.iter().enumerate() {
+            match &s.outputs {
+                Err(failure) => {
+                    parked.breaker.record(true);
+                    self.hold(parked, &s.input);
+                    park.push(self.dlq_entry(&s.input, &failure.failed.clone(), Outcome::Transform(failure.clone())));
+                }
+                Ok(outputs) => {
+                    for out in outputs {
+                        if !parked.ids.is_empty() && parked.ids.contains(&out.id()) {
+                            continue;
+                        }
+                        let held_behind = match parked.held.is_empty() {
+                            true => None,
+                            false => hold_key(out).and_then(|k| parked.held.get(&k)).cloned(),
+                        };
+                        match held_behind {
+                            Some(head) => park.push(self.dlq_entry(&s.input, out, Outcome::Held { behind: head })),
+                            None => {
+                                batch.push(out.clone());
+                                origin.push(i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if batch.is_empty() {
+            return Ok(park);
+        }
+        let outcomes = self.deliver(&batch).await?;
+        for ((event, i), outcome) in batch.iter().zip(origin).zip(outcomes) {
+            parked.breaker.record(matches!(outcome, Outcome::Rejected(_)));
+            match outcome {
+                Outcome::Delivered => {}
+                outcome => {
+                    if matches!(outcome, Outcome::Rejected(_)) {
+                        self.hold(parked, event);
+                    }
+                    park.push(self.dlq_entry(&staged[i].input, event, outcome));
+                }
+            }
+        }
+        Ok(park)
+    }
+
+    /// `on_key: hold`: later events of this event's key wait behind it.
+    fn hold(&self, parked: &mut Parked, event: &Event) {
+        if let (true, Some(key)) = (self.settings.dlq.hold_keys, hold_key(event)) {
+            parked.held.entry(key).or_insert_with(|| event.id());
+        }
+    }
+
+    /// A DLQ row: `original` as the source produced it, `failed` as it reached the stage
+    /// that failed.
+    fn dlq_entry(&self, original: &Event, failed: &Event, outcome: Outcome) -> NewDlqEntry {
+        let (state, stage, kind, error, held_behind, hash) = match outcome {
+            Outcome::Rejected(reason) => (DlqState::Parked, "sink".to_string(), "rejected".to_string(), reason, None, self.config_hash.clone()),
             Outcome::Held { behind } => (
                 DlqState::Held,
-                "held",
+                "sink".to_string(),
+                "held".to_string(),
                 format!("held behind {behind} (dlq.on_key: hold)"),
                 Some(behind),
+                self.config_hash.clone(),
             ),
+            Outcome::Transform(f) => (DlqState::Parked, f.stage, f.error.kind, f.error.message, None, f.fingerprint),
             Outcome::Delivered => unreachable!("delivered events are not parked"),
         };
-        let json = event.json().to_vec();
         NewDlqEntry {
             sink: self.name().to_string(),
-            position: event.position,
-            ordering_key: hold_key(event),
-            original: json.clone(),
-            failed: json,
-            stage: "sink".into(),
-            error_kind: kind.into(),
+            position: failed.position,
+            event_id: failed.id(),
+            ordering_key: hold_key(failed),
+            original: original.json().to_vec(),
+            failed: failed.json().to_vec(),
+            stage,
+            error_kind: kind,
             error,
-            config_hash: self.config_hash.clone(),
+            config_hash: hash,
             state,
             held_behind,
         }
@@ -269,21 +364,19 @@ impl SinkDriver {
                 _ => c.parked.fetch_add(1, relaxed()),
             };
             if e.state == DlqState::Parked {
-                tracing::warn!(sink = %self.name(), event = %e.position, error = %e.error, "event sent to the DLQ");
+                tracing::warn!(sink = %self.name(), event = %e.event_id, stage = %e.stage, error = %e.error, "event sent to the DLQ");
             }
         }
         on_store(&self.store, move |s| s.park(&entries)).await?;
         Ok(())
     }
 
-    /// Pick up purges (released keys) and replay requests.
+    /// Pick up purges (released keys) and replay requests. A replayed event goes through
+    /// the current transforms and the sink again.
     async fn poll_dlq(&mut self, parked: &mut Parked) -> Result<(), SinkStop> {
         let sink = self.name().to_string();
         let (entries, replay) = on_store(&self.store, move |s| {
-            let all = s.dlq_list(&DlqFilter {
-                sink: Some(sink.clone()),
-                ids: vec![],
-            })?;
+            let all = s.dlq_list(&DlqFilter { sink: Some(sink.clone()), ids: vec![] })?;
             let replay = s.dlq_in_state(&sink, DlqState::Replay)?;
             Ok((all, replay))
         })
@@ -293,10 +386,14 @@ impl SinkDriver {
             return Ok(());
         }
         tracing::info!(sink = %self.name(), events = replay.len(), "replaying dead-lettered events");
-        let mut events = Vec::with_capacity(replay.len());
+        let mut inputs = Vec::with_capacity(replay.len());
+        let mut replayed = Vec::with_capacity(replay.len());
         for entry in &replay {
             match envelope::parse(&entry.original) {
-                Ok(e) => events.push(Arc::new(e)),
+                Ok(e) => {
+                    inputs.push(Arc::new(e));
+                    replayed.push(entry);
+                }
                 Err(e) => {
                     tracing::error!(sink = %self.name(), event = %entry.event_id, error = %e, "a parked envelope cannot be read back; it stays parked");
                     let id = entry.id;
@@ -304,51 +401,23 @@ impl SinkDriver {
                 }
             }
         }
-        let outcomes = self.deliver(&events).await?;
-        let mut again = Vec::new();
-        let mut delivered = Vec::new();
-        for (event, outcome) in events.iter().zip(outcomes) {
-            let entry = replay
-                .iter()
-                .find(|r| r.position == event.position)
-                .expect("replayed entry");
-            match outcome {
-                Outcome::Delivered => delivered.push(entry.id),
-                outcome => {
-                    if let (Outcome::Rejected(_), Some(key)) = (&outcome, hold_key(event)) {
-                        if self.settings.dlq.hold_keys {
-                            parked.held.insert(key, event.id());
-                        }
-                    }
-                    let mut e = self.dlq_entry(event, outcome);
-                    e.original = entry.original.clone();
-                    again.push(e);
-                }
-            }
-        }
-        self.progress
-            .counters
-            .replayed
-            .fetch_add(delivered.len() as u64, relaxed());
+        // Replays are not held behind themselves.
+        let mut replay_parked = Parked { ids: HashSet::new(), held: HashMap::new(), breaker: Breaker::new(self.settings.dlq.clone()) };
+        let staged = self.stage(&inputs, false);
+        let again = self.deliver_staged(staged, &mut replay_parked).await?;
+        let again_ids: HashSet<String> = again.iter().map(|e| e.event_id.clone()).collect();
+        let resolved: Vec<i64> = replayed.iter().filter(|e| !again_ids.contains(&e.event_id)).map(|e| e.id).collect();
+        self.progress.counters.replayed.fetch_add(resolved.len() as u64, relaxed());
         let failed = again.len();
         if !again.is_empty() {
             self.park(again).await?;
         }
-        on_store(&self.store, move |s| {
-            delivered.iter().try_for_each(|id| s.dlq_resolve(*id))
-        })
-        .await?;
-        // Keys whose head got through are released.
+        on_store(&self.store, move |s| resolved.iter().try_for_each(|id| s.dlq_resolve(*id))).await?;
+        // Keys whose head got through are released; heads that failed again hold on.
         let sink = self.name().to_string();
-        let entries = on_store(&self.store, move |s| {
-            s.dlq_list(&DlqFilter {
-                sink: Some(sink),
-                ids: vec![],
-            })
-        })
-        .await?;
+        let entries = on_store(&self.store, move |s| s.dlq_list(&DlqFilter { sink: Some(sink), ids: vec![] })).await?;
         parked.held = self.held_heads(&entries);
-        tracing::info!(sink = %self.name(), delivered = replay.len() - failed, failed, "replay done");
+        tracing::info!(sink = %self.name(), replayed = replay.len(), failed, "replay done");
         Ok(())
     }
 
@@ -581,6 +650,18 @@ mod tests {
         reject: &[u32],
         settings: DeliverySettings,
     ) -> Run {
+        drive_with(entries, committed, script, reject, settings, Chain::default(), Chain::default()).await
+    }
+
+    async fn drive_with(
+        entries: Vec<Entry>,
+        committed: Offset,
+        script: Vec<Vec<Delivery>>,
+        reject: &[u32],
+        settings: DeliverySettings,
+        pipeline_chain: Chain,
+        chain: Chain,
+    ) -> Run {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "sluice-driver-{}-{}",
@@ -604,6 +685,8 @@ mod tests {
             shutdown: Shutdown::new(),
             store: store.clone(),
             config_hash: "h".into(),
+            pipeline_chain: Arc::new(Mutex::new(pipeline_chain)),
+            chain,
         };
         journal.append(entries).await;
         journal.close();
@@ -757,6 +840,41 @@ mod tests {
         assert!(matches!(run.result, Err(SinkStop::RetriesExhausted { .. })));
         assert!(run.seen.len() > 2, "it retried before giving up");
         assert!(run.progress.sinks()[0].take_dirty().is_none());
+    }
+
+    #[tokio::test]
+    async fn transforms_fan_out_and_park_what_they_fail_with_their_stage() {
+        use crate::chain::tests::{event as n_event, ByN};
+        let entries = vec![
+            Entry::Event(n_event(0, 1)),
+            Entry::Event(n_event(1, 2)),
+            Entry::Event(n_event(2, -1)),
+            Entry::Event(n_event(3, 0)),
+        ];
+        let run = drive_with(
+            entries,
+            Offset::default(),
+            vec![],
+            &[],
+            settings(),
+            Chain::new(vec![Box::new(ByN("redact"))]),
+            Chain::new(vec![Box::new(ByN("doc"))]),
+        )
+        .await;
+        assert!(run.result.is_ok(), "{:?}", run.result);
+        let sent: Vec<String> = run.seen.concat().iter().map(|p| p.to_string()).collect();
+        // 0 maps, 1 fans out to 2 then 4 events (both chains), 2 fails, 3 is dropped.
+        assert_eq!(sent, ["0/1:0", "0/1:1", "0/1:1", "0/1:1", "0/1:1"]);
+        let store = run.store.lock().unwrap();
+        let parked = store.dlq_list(&DlqFilter::default()).unwrap();
+        assert_eq!(parked.len(), 1);
+        let e = &parked[0];
+        assert_eq!((e.event_id.as_str(), e.stage.as_str(), e.error.as_str()), ("0/1:2", "redact", "n is -1"));
+        assert_eq!(e.config_hash, "f", "the failing transform's fingerprint");
+        let original: serde_json::Value = serde_json::from_slice(&e.original).unwrap();
+        assert!(original["after"].get("redact").is_none(), "original: as the source produced it");
+        let committed = run.progress.sinks()[0].take_dirty().unwrap().1;
+        assert_eq!(committed.position, Position::new(Lsn(1), 3), "offsets count source events");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::admin::{self, AdminState};
+use crate::chain::{Chain, SharedChain, Stage};
 use crate::driver::{DeliverySettings, SinkDriver, SinkStop};
 use crate::journal::{Journal, ReaderId};
 use crate::progress::Progress;
@@ -21,6 +22,8 @@ pub struct SinkSpec {
     pub settings: DeliverySettings,
     /// Hash of the sink's configuration, recorded with every event it parks.
     pub config_hash: String,
+    /// The sink's own transforms, run after the pipeline's.
+    pub transforms: Vec<Box<dyn Stage>>,
 }
 
 pub struct EngineOptions {
@@ -33,6 +36,8 @@ pub struct EngineOptions {
     pub drain_timeout: Duration,
     /// How often offsets are written to the state store at most.
     pub commit_interval: Duration,
+    /// The pipeline-level transforms, run once per event before fan-out to the sinks.
+    pub transforms: Vec<Box<dyn Stage>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +107,7 @@ pub async fn run(
         options.commit_interval,
     ));
 
+    let pipeline_chain: SharedChain = Arc::new(Mutex::new(Chain::new(options.transforms)));
     let mut drivers = Vec::new();
     for (spec, reader) in sinks.into_iter().zip(readers) {
         let sink_progress = progress.sink(&spec.name).expect("registered above").clone();
@@ -114,6 +120,8 @@ pub async fn run(
             shutdown: shutdown.clone(),
             store: store.clone(),
             config_hash: spec.config_hash,
+            pipeline_chain: pipeline_chain.clone(),
+            chain: Chain::new(spec.transforms),
         };
         let (journal, store, progress, shutdown) = (
             journal.clone(),

@@ -40,7 +40,11 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EnvelopeError> {
         .get("id")
         .and_then(Json::as_str)
         .ok_or_else(|| field("id", "missing or not a string"))?;
-    let position: Position = id.parse().map_err(|e| field("id", format!("{e}")))?;
+    let (base, fanout) = match id.split_once('#') {
+        Some((base, k)) => (base, k.parse::<u32>().map_err(|_| field("id", format!("`{id}`: bad fan-out suffix")))?),
+        None => (id, 0),
+    };
+    let position: Position = base.parse().map_err(|e| field("id", format!("{e}")))?;
     let op = match obj.get("op").and_then(Json::as_str) {
         Some("insert") => Op::Insert,
         Some("update") => Op::Update,
@@ -79,6 +83,7 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EnvelopeError> {
             .unwrap_or(0),
     };
     let mut event = Event::new(position, op, source);
+    event.fanout = fanout;
     event.key = row(obj.get("key"), "key")?;
     event.before = row(obj.get("before"), "before")?;
     event.after = row(obj.get("after"), "after")?;

@@ -194,7 +194,14 @@ pub struct Event {
     pub unchanged: Vec<Arc<str>>,
     /// Present exactly when `op` is [`Op::Event`].
     pub message: Option<Message>,
+    /// 0 for the event the source produced; k for the k-th extra event a transform fanned
+    /// it out into. Fan-out events share their source event's position (offsets count source
+    /// events) and get the id `<position>#k`.
+    pub fanout: u32,
     json: OnceLock<Bytes>,
+    /// The pipeline-level transform chain's result for this event, computed once by the
+    /// first sink that needs it and shared by the others.
+    pub(crate) staged: OnceLock<Arc<crate::chain::ChainOutput>>,
 }
 
 impl Event {
@@ -208,13 +215,19 @@ impl Event {
             after: None,
             unchanged: Vec::new(),
             message: None,
+            fanout: 0,
             json: OnceLock::new(),
+            staged: OnceLock::new(),
         }
     }
 
-    /// The stable event id, `<commit_lsn>:<index>`.
+    /// The stable event id, `<commit_lsn>:<index>` (`#k` appended for the k-th extra
+    /// event of a fan-out).
     pub fn id(&self) -> String {
-        self.position.to_string()
+        match self.fanout {
+            0 => self.position.to_string(),
+            k => format!("{}#{k}", self.position),
+        }
     }
 
     /// The envelope as JSON, encoded on first use and shared afterwards.
@@ -266,7 +279,9 @@ impl Clone for Event {
             after: self.after.clone(),
             unchanged: self.unchanged.clone(),
             message: self.message.clone(),
+            fanout: self.fanout,
             json: OnceLock::new(),
+            staged: OnceLock::new(),
         }
     }
 }
@@ -274,6 +289,7 @@ impl Clone for Event {
 impl PartialEq for Event {
     fn eq(&self, o: &Self) -> bool {
         self.position == o.position
+            && self.fanout == o.fanout
             && self.op == o.op
             && self.source == o.source
             && self.key == o.key

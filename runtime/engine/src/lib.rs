@@ -5,6 +5,7 @@
 //! - [`sink`]: the contract sink connectors implement;
 //! - [`ordering`]: how a sink may parallelise a batch without breaking per-key order;
 //! - [`config`]: pipeline files (YAML, `${VAR}` interpolation, located errors);
+//! - [`chain`]: transform chains (pipeline-level, per sink);
 //! - [`journal`]: the bounded log between the source and the sinks;
 //! - [`driver`]: one task per sink: batching, retries, offsets;
 //! - [`progress`]: every sink's position and what the slot may confirm;
@@ -13,6 +14,7 @@
 //! - [`admin`]: health, readiness, metrics and status over HTTP.
 
 pub mod admin;
+pub mod chain;
 pub mod config;
 pub mod dlq;
 pub mod driver;

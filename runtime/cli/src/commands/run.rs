@@ -36,6 +36,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         journal_capacity: 16 * 1024,
         drain_timeout: Duration::from_secs(30),
         commit_interval: Duration::from_millis(100),
+        transforms: Vec::new(),
     };
     let source = Box::new(PostgresSource::new(options));
     engine::run(engine_options, store, sinks, source, shutdown)

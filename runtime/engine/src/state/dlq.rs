@@ -42,6 +42,8 @@ impl DlqState {
 #[derive(Clone, Debug)]
 pub struct NewDlqEntry {
     pub sink: String,
+    /// The event's id (`<position>` or `<position>#k` for a fan-out event).
+    pub event_id: String,
     pub position: Position,
     /// The event's ordering key (hex), for `on_key: hold`; `None` for a barrier.
     pub ordering_key: Option<String>,
@@ -175,7 +177,7 @@ impl StateStore {
             for e in entries {
                 stmt.execute(params![
                     e.sink,
-                    e.position.to_string(),
+                    e.event_id,
                     e.position.commit_lsn.0 as i64,
                     e.position.index as i64,
                     e.ordering_key,
@@ -326,6 +328,7 @@ mod tests {
     fn new(sink: &str, index: u32, state: DlqState, held_behind: Option<&str>) -> NewDlqEntry {
         NewDlqEntry {
             sink: sink.into(),
+            event_id: Position::new(Lsn(0x100), index).to_string(),
             position: Position::new(Lsn(0x100), index),
             ordering_key: Some("k".into()),
             original: br#"{"id":"x"}"#.to_vec(),

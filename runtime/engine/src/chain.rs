@@ -1,0 +1,241 @@
+//! Transform chains: the stages an event goes through before a sink sees it.
+//!
+//! A [`Stage`] maps each event of a batch to zero, one or many events, or an error (the
+//! WebAssembly host implements it; see `runtime/wasm`). A [`Chain`] runs stages in order.
+//! The pipeline-level chain runs once per source event, before fan-out to the sinks: the
+//! first sink driver that needs a result computes it for its whole batch and caches it in
+//! the event, the others reuse it. Each sink's own chain runs in its driver, after it.
+//! Outputs keep their source event's position (offsets count source events); the extra
+//! events of a fan-out are numbered (`id#k`).
+
+use std::sync::{Arc, Mutex};
+
+use crate::event::Event;
+
+/// Why a stage failed one event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StageError {
+    /// `error` (the transform said so), `trap`, `timeout` or `out_of_memory`.
+    pub kind: String,
+    pub message: String,
+}
+
+/// One step of a chain.
+///
+/// Contract: `apply` returns exactly one result per input, in input order; `Ok(vec![])`
+/// drops the event, one element maps it, several fan it out. Output events keep their
+/// input's `position`. A failure of one event never affects the others. Deterministic:
+/// the same input gives the same output, so replays and restarts agree.
+pub trait Stage: Send {
+    fn name(&self) -> &str;
+    /// Identifies the code and configuration (recorded with dead-lettered events).
+    fn fingerprint(&self) -> &str;
+    fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>>;
+}
+
+/// A source event that failed in a chain.
+#[derive(Clone, Debug)]
+pub struct ChainFailure {
+    /// The failing stage's name and fingerprint.
+    pub stage: String,
+    pub fingerprint: String,
+    pub error: StageError,
+    /// The event as it reached the failing stage.
+    pub failed: Arc<Event>,
+}
+
+/// What a chain made of one source event.
+pub type ChainOutput = Result<Vec<Arc<Event>>, ChainFailure>;
+
+#[derive(Default)]
+pub struct Chain {
+    stages: Vec<Box<dyn Stage>>,
+}
+
+impl Chain {
+    pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
+        Chain { stages }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stages.is_empty()
+    }
+
+    /// Run every input through every stage. One output per input, in order; an input
+    /// fails whole when any of its events fails at any stage. Outputs are numbered
+    /// `fanout = 0, 1, …` per input.
+    pub fn run(&mut self, inputs: &[Arc<Event>]) -> Vec<ChainOutput> {
+        let mut failed: Vec<Option<ChainFailure>> = vec![None; inputs.len()];
+        let mut current: Vec<(usize, Arc<Event>)> = inputs.iter().cloned().enumerate().collect();
+        for stage in &mut self.stages {
+            if current.is_empty() {
+                break;
+            }
+            let events: Vec<Arc<Event>> = current.iter().map(|(_, e)| e.clone()).collect();
+            let results = stage.apply(&events);
+            assert_eq!(results.len(), events.len(), "stage {} broke its contract", stage.name());
+            let mut next = Vec::with_capacity(current.len());
+            for ((i, event), result) in current.into_iter().zip(results) {
+                if failed[i].is_some() {
+                    continue;
+                }
+                match result {
+                    Ok(outputs) => next.extend(outputs.into_iter().map(|mut o| {
+                        o.position = event.position;
+                        (i, Arc::new(o))
+                    })),
+                    Err(error) => {
+                        failed[i] = Some(ChainFailure {
+                            stage: stage.name().to_string(),
+                            fingerprint: stage.fingerprint().to_string(),
+                            error,
+                            failed: event,
+                        })
+                    }
+                }
+            }
+            current = next.into_iter().filter(|(i, _)| failed[*i].is_none()).collect();
+        }
+        let mut outputs: Vec<Vec<Arc<Event>>> = vec![Vec::new(); inputs.len()];
+        for (i, event) in current {
+            outputs[i].push(event);
+        }
+        outputs
+            .into_iter()
+            .zip(failed)
+            .map(|(mut outs, failure)| match failure {
+                Some(f) => Err(f),
+                None => {
+                    number(&mut outs);
+                    Ok(outs)
+                }
+            })
+            .collect()
+    }
+}
+
+/// Number the events one source event became: `fanout = 0, 1, …`.
+pub fn number(outputs: &mut [Arc<Event>]) {
+    for (k, event) in outputs.iter_mut().enumerate() {
+        if event.fanout != k as u32 {
+            Arc::make_mut(event).fanout = k as u32;
+        }
+    }
+}
+
+/// The pipeline-level chain, shared by every sink driver.
+pub type SharedChain = Arc<Mutex<Chain>>;
+
+/// The pipeline chain's outputs for `inputs`, computing (once, for all sinks) those not
+/// yet computed.
+pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<ChainOutput>> {
+    if inputs.iter().any(|e| e.staged.get().is_none()) {
+        let mut chain = chain.lock().unwrap();
+        let missing: Vec<Arc<Event>> = inputs.iter().filter(|e| e.staged.get().is_none()).cloned().collect();
+        if !missing.is_empty() {
+            let results = if chain.is_empty() {
+                missing.iter().map(|e| Ok(vec![e.clone()])).collect()
+            } else {
+                chain.run(&missing)
+            };
+            for (event, result) in missing.iter().zip(results) {
+                let _ = event.staged.set(Arc::new(result));
+            }
+        }
+    }
+    inputs.iter().map(|e| e.staged.get().expect("computed above").clone()).collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::{Op, Row, Source, Value};
+    use crate::lsn::{Lsn, Position};
+
+    /// A stage driven by the `n` column: 0 drops, 1 maps (adds a column), 2 fans out, -1 fails.
+    pub struct ByN(pub &'static str);
+
+    impl Stage for ByN {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn fingerprint(&self) -> &str {
+            "f"
+        }
+        fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>> {
+            events
+                .iter()
+                .map(|e| {
+                    let n = match e.after.as_ref().and_then(|a| a.get("n")) {
+                        Some(Value::Int(n)) => *n,
+                        _ => 1,
+                    };
+                    let mut out = (**e).clone();
+                    out.after.get_or_insert_with(Row::default).push(self.0.into(), Value::Bool(true));
+                    match n {
+                        -1 => Err(StageError { kind: "error".into(), message: "n is -1".into() }),
+                        0 => Ok(vec![]),
+                        2 => Ok(vec![out.clone(), out]),
+                        _ => Ok(vec![out]),
+                    }
+                })
+                .collect()
+        }
+    }
+
+    pub fn event(index: u32, n: i64) -> Arc<Event> {
+        let source = Source {
+            pipeline: "p".into(),
+            schema: Some("public".into()),
+            table: Some("t".into()),
+            lsn: Lsn(1),
+            commit_lsn: Lsn(1),
+            xid: Some(1),
+            ts_micros: 0,
+        };
+        let mut e = Event::new(Position::new(Lsn(1), index), Op::Insert, source);
+        let mut after = Row::default();
+        after.push("id".into(), Value::Int(index as i64));
+        after.push("n".into(), Value::Int(n));
+        e.after = Some(after);
+        Arc::new(e)
+    }
+
+    #[test]
+    fn drop_map_fan_out_and_failure_per_event() {
+        let mut chain = Chain::new(vec![Box::new(ByN("a")), Box::new(ByN("b"))]);
+        let out = chain.run(&[event(0, 0), event(1, 1), event(2, 2), event(3, -1)]);
+        assert!(out[0].as_ref().unwrap().is_empty());
+        let one = out[1].as_ref().unwrap();
+        assert_eq!(one.len(), 1);
+        assert!(one[0].after.as_ref().unwrap().get("b").is_some(), "both stages ran");
+        let two = out[2].as_ref().unwrap();
+        assert_eq!(two.iter().map(|e| e.id()).collect::<Vec<_>>(), ["0/1:2", "0/1:2#1", "0/1:2#2", "0/1:2#3"]);
+        let failure = out[3].as_ref().unwrap_err();
+        assert_eq!((failure.stage.as_str(), failure.error.message.as_str()), ("a", "n is -1"));
+    }
+
+    #[test]
+    fn the_pipeline_chain_runs_once_per_event_for_all_sinks() {
+        struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+        impl Stage for Counting {
+            fn name(&self) -> &str {
+                "count"
+            }
+            fn fingerprint(&self) -> &str {
+                "c"
+            }
+            fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>> {
+                self.0.fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
+                events.iter().map(|e| Ok(vec![(**e).clone()])).collect()
+            }
+        }
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let chain: SharedChain = Arc::new(Mutex::new(Chain::new(vec![Box::new(Counting(calls.clone()))])));
+        let batch = vec![event(0, 1), event(1, 1)];
+        let a = pipeline_outputs(&chain, &batch);
+        let b = pipeline_outputs(&chain, &batch);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert!(Arc::ptr_eq(&a[0], &b[0]));
+    }
+}
