@@ -5,6 +5,7 @@
 mod commands;
 mod logging;
 mod registry;
+mod stages;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -44,6 +45,42 @@ enum Command {
     /// Dead-letter queues: list, show, replay and purge parked events.
     #[command(subcommand)]
     Dlq(DlqCommand),
+    /// WebAssembly transforms: try one offline.
+    #[command(subcommand)]
+    Transform(TransformCommand),
+}
+
+#[derive(Subcommand)]
+enum TransformCommand {
+    /// Run envelopes (JSON Lines) through a transform and print the results as JSON Lines.
+    ///
+    /// Reads one envelope per line from --input (default stdin); every line is parsed
+    /// before anything runs. Prints each output event on stdout, one envelope per line, and
+    /// each failed event on stderr as `line N: <kind>: <message>` (kind: error, trap,
+    /// timeout, out_of_memory).
+    ///
+    /// Exit status: 0 when every event succeeded; 1 when any event failed; 2 for bad input
+    /// (a malformed line, named by its number; a bad flag; a file that is not a
+    /// sluice:transform@0.1.0 component; an `init` that fails).
+    Test {
+        /// The component (.wasm) to run.
+        wasm: PathBuf,
+        /// A config entry handed to the transform's `init`; repeat for more.
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// The envelopes, one JSON object per line (`-`: stdin).
+        #[arg(long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Time budget per batch.
+        #[arg(long, default_value = "1s")]
+        timeout: String,
+        /// Memory cap of the instance, e.g. 64MiB, 128MB, 1GiB.
+        #[arg(long, default_value = "64MiB")]
+        memory: String,
+        /// Events per call to the transform.
+        #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -136,6 +173,21 @@ fn main() -> ExitCode {
                     } => dlq::purge(&pipeline, Selection { sink, ids }, all),
                 }
             }
+            Command::Transform(TransformCommand::Test {
+                wasm,
+                config,
+                input,
+                timeout,
+                memory,
+                batch,
+            }) => commands::transform::test(commands::transform::TestArgs {
+                wasm,
+                config,
+                input,
+                timeout,
+                memory,
+                batch: batch as usize,
+            }),
         }
     });
     // Do not wait for stray background tasks (catalog connections, HTTP pools).

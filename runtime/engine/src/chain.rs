@@ -73,7 +73,12 @@ impl Chain {
             }
             let events: Vec<Arc<Event>> = current.iter().map(|(_, e)| e.clone()).collect();
             let results = stage.apply(&events);
-            assert_eq!(results.len(), events.len(), "stage {} broke its contract", stage.name());
+            assert_eq!(
+                results.len(),
+                events.len(),
+                "stage {} broke its contract",
+                stage.name()
+            );
             let mut next = Vec::with_capacity(current.len());
             for ((i, event), result) in current.into_iter().zip(results) {
                 if failed[i].is_some() {
@@ -94,7 +99,10 @@ impl Chain {
                     }
                 }
             }
-            current = next.into_iter().filter(|(i, _)| failed[*i].is_none()).collect();
+            current = next
+                .into_iter()
+                .filter(|(i, _)| failed[*i].is_none())
+                .collect();
         }
         let mut outputs: Vec<Vec<Arc<Event>>> = vec![Vec::new(); inputs.len()];
         for (i, event) in current {
@@ -131,7 +139,11 @@ pub type SharedChain = Arc<Mutex<Chain>>;
 pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<ChainOutput>> {
     if inputs.iter().any(|e| e.staged.get().is_none()) {
         let mut chain = chain.lock().unwrap();
-        let missing: Vec<Arc<Event>> = inputs.iter().filter(|e| e.staged.get().is_none()).cloned().collect();
+        let missing: Vec<Arc<Event>> = inputs
+            .iter()
+            .filter(|e| e.staged.get().is_none())
+            .cloned()
+            .collect();
         if !missing.is_empty() {
             let results = if chain.is_empty() {
                 missing.iter().map(|e| Ok(vec![e.clone()])).collect()
@@ -143,7 +155,10 @@ pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<C
             }
         }
     }
-    inputs.iter().map(|e| e.staged.get().expect("computed above").clone()).collect()
+    inputs
+        .iter()
+        .map(|e| e.staged.get().expect("computed above").clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -171,9 +186,14 @@ pub(crate) mod tests {
                         _ => 1,
                     };
                     let mut out = (**e).clone();
-                    out.after.get_or_insert_with(Row::default).push(self.0.into(), Value::Bool(true));
+                    out.after
+                        .get_or_insert_with(Row::default)
+                        .push(self.0.into(), Value::Bool(true));
                     match n {
-                        -1 => Err(StageError { kind: "error".into(), message: "n is -1".into() }),
+                        -1 => Err(StageError {
+                            kind: "error".into(),
+                            message: "n is -1".into(),
+                        }),
                         0 => Ok(vec![]),
                         2 => Ok(vec![out.clone(), out]),
                         _ => Ok(vec![out]),
@@ -208,11 +228,20 @@ pub(crate) mod tests {
         assert!(out[0].as_ref().unwrap().is_empty());
         let one = out[1].as_ref().unwrap();
         assert_eq!(one.len(), 1);
-        assert!(one[0].after.as_ref().unwrap().get("b").is_some(), "both stages ran");
+        assert!(
+            one[0].after.as_ref().unwrap().get("b").is_some(),
+            "both stages ran"
+        );
         let two = out[2].as_ref().unwrap();
-        assert_eq!(two.iter().map(|e| e.id()).collect::<Vec<_>>(), ["0/1:2", "0/1:2#1", "0/1:2#2", "0/1:2#3"]);
+        assert_eq!(
+            two.iter().map(|e| e.id()).collect::<Vec<_>>(),
+            ["0/1:2", "0/1:2#1", "0/1:2#2", "0/1:2#3"]
+        );
         let failure = out[3].as_ref().unwrap_err();
-        assert_eq!((failure.stage.as_str(), failure.error.message.as_str()), ("a", "n is -1"));
+        assert_eq!(
+            (failure.stage.as_str(), failure.error.message.as_str()),
+            ("a", "n is -1")
+        );
     }
 
     #[test]
@@ -226,12 +255,15 @@ pub(crate) mod tests {
                 "c"
             }
             fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>> {
-                self.0.fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
+                self.0
+                    .fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
                 events.iter().map(|e| Ok(vec![(**e).clone()])).collect()
             }
         }
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let chain: SharedChain = Arc::new(Mutex::new(Chain::new(vec![Box::new(Counting(calls.clone()))])));
+        let chain: SharedChain = Arc::new(Mutex::new(Chain::new(vec![Box::new(Counting(
+            calls.clone(),
+        ))])));
         let batch = vec![event(0, 1), event(1, 1)];
         let a = pipeline_outputs(&chain, &batch);
         let b = pipeline_outputs(&chain, &batch);

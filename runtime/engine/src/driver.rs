@@ -15,8 +15,8 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::dlq::{hold_key, Breaker, DlqPolicy};
 use crate::chain::{pipeline_outputs, Chain, ChainFailure, SharedChain};
+use crate::dlq::{hold_key, Breaker, DlqPolicy};
 use crate::envelope;
 use crate::event::Event;
 use crate::journal::{Entry, Journal, ReaderId};
@@ -80,7 +80,9 @@ enum Outcome {
     /// Failed permanently at the sink: it goes to the DLQ.
     Rejected(String),
     /// `on_key: hold`: waits in the DLQ behind the parked event with this id.
-    Held { behind: String },
+    Held {
+        behind: String,
+    },
     /// A transform failed the source event.
     Transform(ChainFailure),
 }
@@ -134,9 +136,19 @@ impl SinkDriver {
     async fn load_parked(&mut self) -> Result<Parked, StateError> {
         let committed = self.progress.committed().position;
         let sink = self.name().to_string();
-        let entries = on_store(&self.store, move |s| s.dlq_list(&DlqFilter { sink: Some(sink), ids: vec![] })).await?;
+        let entries = on_store(&self.store, move |s| {
+            s.dlq_list(&DlqFilter {
+                sink: Some(sink),
+                ids: vec![],
+            })
+        })
+        .await?;
         Ok(Parked {
-            ids: entries.iter().filter(|e| e.position > committed).map(|e| e.event_id.clone()).collect(),
+            ids: entries
+                .iter()
+                .filter(|e| e.position > committed)
+                .map(|e| e.event_id.clone())
+                .collect(),
             held: self.held_heads(&entries),
             breaker: Breaker::new(self.settings.dlq.clone()),
         })
@@ -217,7 +229,10 @@ impl SinkDriver {
             } else {
                 let mut chain = self.pipeline_chain.lock().unwrap();
                 if chain.is_empty() {
-                    inputs.iter().map(|e| Arc::new(Ok(vec![e.clone()]))).collect()
+                    inputs
+                        .iter()
+                        .map(|e| Arc::new(Ok(vec![e.clone()])))
+                        .collect()
                 } else {
                     chain.run(inputs).into_iter().map(Arc::new).collect()
                 }
@@ -225,7 +240,10 @@ impl SinkDriver {
             let mut staged: Vec<Staged> = inputs
                 .iter()
                 .zip(first)
-                .map(|(input, out)| Staged { input: input.clone(), outputs: (*out).clone() })
+                .map(|(input, out)| Staged {
+                    input: input.clone(),
+                    outputs: (*out).clone(),
+                })
                 .collect();
             if !self.chain.is_empty() {
                 let mid: Vec<(usize, Arc<Event>)> = staged
@@ -236,8 +254,10 @@ impl SinkDriver {
                     .collect();
                 let events: Vec<Arc<Event>> = mid.iter().map(|(_, e)| e.clone()).collect();
                 let results = self.chain.run(&events);
-                let mut rebuilt: Vec<Option<Result<Vec<Arc<Event>>, ChainFailure>>> =
-                    staged.iter().map(|s| s.outputs.as_ref().err().map(|f| Err(f.clone()))).collect();
+                let mut rebuilt: Vec<Option<Result<Vec<Arc<Event>>, ChainFailure>>> = staged
+                    .iter()
+                    .map(|s| s.outputs.as_ref().err().map(|f| Err(f.clone())))
+                    .collect();
                 for ((i, _), result) in mid.into_iter().zip(results) {
                     let slot = rebuilt[i].get_or_insert_with(|| Ok(Vec::new()));
                     match (slot.as_mut(), result) {
@@ -255,9 +275,10 @@ impl SinkDriver {
             }
             staged
         };
-        if needs_work && tokio::runtime::Handle::try_current().is_ok_and(|h| {
-            h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-        }) {
+        if needs_work
+            && tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+        {
             tokio::task::block_in_place(run)
         } else {
             run()
@@ -266,7 +287,11 @@ impl SinkDriver {
 
     /// Deliver what the chains made of a batch; return what must be parked. Updates the
     /// breaker and the held keys.
-    async fn deliver_staged(&mut self, staged: Vec<Staged>, parked: &mut Parked) -> Result<Vec<NewDlqEntry>, SinkStop> {
+    async fn deliver_staged(
+        &mut self,
+        staged: Vec<Staged>,
+        parked: &mut Parked,
+    ) -> Result<Vec<NewDlqEntry>, SinkStop> {
         let mut park = Vec::new();
         let mut batch: Vec<Arc<Event>> = Vec::new();
         let mut origin: Vec<usize> = Vec::new();
@@ -275,7 +300,11 @@ impl SinkDriver {
                 Err(failure) => {
                     parked.breaker.record(true);
                     self.hold(parked, &s.input);
-                    park.push(self.dlq_entry(&s.input, &failure.failed.clone(), Outcome::Transform(failure.clone())));
+                    park.push(self.dlq_entry(
+                        &s.input,
+                        &failure.failed.clone(),
+                        Outcome::Transform(failure.clone()),
+                    ));
                 }
                 Ok(outputs) => {
                     for out in outputs {
@@ -287,7 +316,11 @@ impl SinkDriver {
                             false => hold_key(out).and_then(|k| parked.held.get(&k)).cloned(),
                         };
                         match held_behind {
-                            Some(head) => park.push(self.dlq_entry(&s.input, out, Outcome::Held { behind: head })),
+                            Some(head) => park.push(self.dlq_entry(
+                                &s.input,
+                                out,
+                                Outcome::Held { behind: head },
+                            )),
                             None => {
                                 batch.push(out.clone());
                                 origin.push(i);
@@ -302,7 +335,9 @@ impl SinkDriver {
         }
         let outcomes = self.deliver(&batch).await?;
         for ((event, i), outcome) in batch.iter().zip(origin).zip(outcomes) {
-            parked.breaker.record(matches!(outcome, Outcome::Rejected(_)));
+            parked
+                .breaker
+                .record(matches!(outcome, Outcome::Rejected(_)));
             match outcome {
                 Outcome::Delivered => {}
                 outcome => {
@@ -327,7 +362,14 @@ impl SinkDriver {
     /// that failed.
     fn dlq_entry(&self, original: &Event, failed: &Event, outcome: Outcome) -> NewDlqEntry {
         let (state, stage, kind, error, held_behind, hash) = match outcome {
-            Outcome::Rejected(reason) => (DlqState::Parked, "sink".to_string(), "rejected".to_string(), reason, None, self.config_hash.clone()),
+            Outcome::Rejected(reason) => (
+                DlqState::Parked,
+                "sink".to_string(),
+                "rejected".to_string(),
+                reason,
+                None,
+                self.config_hash.clone(),
+            ),
             Outcome::Held { behind } => (
                 DlqState::Held,
                 "sink".to_string(),
@@ -336,7 +378,14 @@ impl SinkDriver {
                 Some(behind),
                 self.config_hash.clone(),
             ),
-            Outcome::Transform(f) => (DlqState::Parked, f.stage, f.error.kind, f.error.message, None, f.fingerprint),
+            Outcome::Transform(f) => (
+                DlqState::Parked,
+                f.stage,
+                f.error.kind,
+                f.error.message,
+                None,
+                f.fingerprint,
+            ),
             Outcome::Delivered => unreachable!("delivered events are not parked"),
         };
         NewDlqEntry {
@@ -376,7 +425,10 @@ impl SinkDriver {
     async fn poll_dlq(&mut self, parked: &mut Parked) -> Result<(), SinkStop> {
         let sink = self.name().to_string();
         let (entries, replay) = on_store(&self.store, move |s| {
-            let all = s.dlq_list(&DlqFilter { sink: Some(sink.clone()), ids: vec![] })?;
+            let all = s.dlq_list(&DlqFilter {
+                sink: Some(sink.clone()),
+                ids: vec![],
+            })?;
             let replay = s.dlq_in_state(&sink, DlqState::Replay)?;
             Ok((all, replay))
         })
@@ -402,20 +454,40 @@ impl SinkDriver {
             }
         }
         // Replays are not held behind themselves.
-        let mut replay_parked = Parked { ids: HashSet::new(), held: HashMap::new(), breaker: Breaker::new(self.settings.dlq.clone()) };
+        let mut replay_parked = Parked {
+            ids: HashSet::new(),
+            held: HashMap::new(),
+            breaker: Breaker::new(self.settings.dlq.clone()),
+        };
         let staged = self.stage(&inputs, false);
         let again = self.deliver_staged(staged, &mut replay_parked).await?;
         let again_ids: HashSet<String> = again.iter().map(|e| e.event_id.clone()).collect();
-        let resolved: Vec<i64> = replayed.iter().filter(|e| !again_ids.contains(&e.event_id)).map(|e| e.id).collect();
-        self.progress.counters.replayed.fetch_add(resolved.len() as u64, relaxed());
+        let resolved: Vec<i64> = replayed
+            .iter()
+            .filter(|e| !again_ids.contains(&e.event_id))
+            .map(|e| e.id)
+            .collect();
+        self.progress
+            .counters
+            .replayed
+            .fetch_add(resolved.len() as u64, relaxed());
         let failed = again.len();
         if !again.is_empty() {
             self.park(again).await?;
         }
-        on_store(&self.store, move |s| resolved.iter().try_for_each(|id| s.dlq_resolve(*id))).await?;
+        on_store(&self.store, move |s| {
+            resolved.iter().try_for_each(|id| s.dlq_resolve(*id))
+        })
+        .await?;
         // Keys whose head got through are released; heads that failed again hold on.
         let sink = self.name().to_string();
-        let entries = on_store(&self.store, move |s| s.dlq_list(&DlqFilter { sink: Some(sink), ids: vec![] })).await?;
+        let entries = on_store(&self.store, move |s| {
+            s.dlq_list(&DlqFilter {
+                sink: Some(sink),
+                ids: vec![],
+            })
+        })
+        .await?;
         parked.held = self.held_heads(&entries);
         tracing::info!(sink = %self.name(), replayed = replay.len(), failed, "replay done");
         Ok(())
@@ -650,7 +722,16 @@ mod tests {
         reject: &[u32],
         settings: DeliverySettings,
     ) -> Run {
-        drive_with(entries, committed, script, reject, settings, Chain::default(), Chain::default()).await
+        drive_with(
+            entries,
+            committed,
+            script,
+            reject,
+            settings,
+            Chain::default(),
+            Chain::default(),
+        )
+        .await
     }
 
     async fn drive_with(
@@ -869,12 +950,22 @@ mod tests {
         let parked = store.dlq_list(&DlqFilter::default()).unwrap();
         assert_eq!(parked.len(), 1);
         let e = &parked[0];
-        assert_eq!((e.event_id.as_str(), e.stage.as_str(), e.error.as_str()), ("0/1:2", "redact", "n is -1"));
+        assert_eq!(
+            (e.event_id.as_str(), e.stage.as_str(), e.error.as_str()),
+            ("0/1:2", "redact", "n is -1")
+        );
         assert_eq!(e.config_hash, "f", "the failing transform's fingerprint");
         let original: serde_json::Value = serde_json::from_slice(&e.original).unwrap();
-        assert!(original["after"].get("redact").is_none(), "original: as the source produced it");
+        assert!(
+            original["after"].get("redact").is_none(),
+            "original: as the source produced it"
+        );
         let committed = run.progress.sinks()[0].take_dirty().unwrap().1;
-        assert_eq!(committed.position, Position::new(Lsn(1), 3), "offsets count source events");
+        assert_eq!(
+            committed.position,
+            Position::new(Lsn(1), 3),
+            "offsets count source events"
+        );
     }
 
     #[test]

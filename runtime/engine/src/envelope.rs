@@ -41,7 +41,11 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EnvelopeError> {
         .and_then(Json::as_str)
         .ok_or_else(|| field("id", "missing or not a string"))?;
     let (base, fanout) = match id.split_once('#') {
-        Some((base, k)) => (base, k.parse::<u32>().map_err(|_| field("id", format!("`{id}`: bad fan-out suffix")))?),
+        Some((base, k)) => (
+            base,
+            k.parse::<u32>()
+                .map_err(|_| field("id", format!("`{id}`: bad fan-out suffix")))?,
+        ),
         None => (id, 0),
     };
     let position: Position = base.parse().map_err(|e| field("id", format!("{e}")))?;

@@ -4,6 +4,7 @@ pub mod dlq;
 pub mod run;
 pub mod status;
 pub mod teardown;
+pub mod transform;
 pub mod validate;
 
 use std::path::Path;
@@ -18,24 +19,6 @@ use crate::Failure;
 /// Load the pipeline file and refuse what this build cannot run yet, pointing at the key.
 pub fn load(path: &Path) -> Result<Pipeline, Failure> {
     let pipeline = config::load(path, SINK_TYPES)?;
-    let chain = if !pipeline.transforms.is_empty() {
-        Some("transforms".to_string())
-    } else {
-        pipeline
-            .sinks
-            .iter()
-            .find(|s| !s.transforms.is_empty())
-            .map(|s| format!("sinks.{}.transforms", s.name))
-    };
-    if let Some(key) = chain {
-        return Err(pipeline
-            .error(
-                &key,
-                "WebAssembly transforms are not available in this build yet; \
-                 remove `transforms:` to run this pipeline",
-            )
-            .into());
-    }
     if pipeline.source.snapshot == Snapshot::Initial {
         return Err(pipeline
             .error(

@@ -15,7 +15,15 @@ use crate::Failure;
 
 pub async fn run(path: &Path) -> Result<(), Failure> {
     let pipeline = super::load(path)?;
-    let sinks = build_sinks(&pipeline)?;
+    // The host must outlive the run: it drives the transforms' time budgets.
+    let host = crate::stages::host_for(&pipeline).map_err(Failure::Runtime)?;
+    let sinks = build_sinks(&pipeline, host.as_ref())?;
+    let transforms = match &host {
+        Some(host) => {
+            crate::stages::load_chain(host, &pipeline, "transforms", &pipeline.transforms)?
+        }
+        None => Vec::new(),
+    };
     let options = super::postgres_options(&pipeline);
     let store = StateStore::open(&pipeline.state).map_err(|e| Failure::Runtime(e.to_string()))?;
     let has_offsets = !store
@@ -36,12 +44,13 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         journal_capacity: 16 * 1024,
         drain_timeout: Duration::from_secs(30),
         commit_interval: Duration::from_millis(100),
-        transforms: Vec::new(),
+        transforms,
     };
     let source = Box::new(PostgresSource::new(options));
     engine::run(engine_options, store, sinks, source, shutdown)
         .await
         .map_err(|e| Failure::Runtime(e.to_string()))?;
+    drop(host);
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -10,7 +10,12 @@ use crate::Failure;
 
 pub async fn run(path: &Path, connect: bool) -> Result<(), Failure> {
     let pipeline = super::load(path)?;
-    let mut sinks = build_sinks(&pipeline)?;
+    // Loading each transform checks its file, its world version and its init(config).
+    let host = crate::stages::host_for(&pipeline).map_err(Failure::Runtime)?;
+    let mut sinks = build_sinks(&pipeline, host.as_ref())?;
+    if let Some(host) = &host {
+        crate::stages::load_chain(host, &pipeline, "transforms", &pipeline.transforms)?;
+    }
     println!(
         "{}: pipeline {} is valid: {} table(s), {} sink(s) ({})",
         path.display(),
