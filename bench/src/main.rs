@@ -1,0 +1,419 @@
+//! `sluice-bench`: sluice against the physical limit, on the same WAL, in one run.
+//!
+//! For each workload it creates one logical slot per consumer *before* writing the
+//! changes, so every consumer reads the same WAL; then it runs each consumer alone, from
+//! its start until it has consumed past the workload's marker (see [`workload`]), and
+//! drops its slot. `pg_recvlogical` with pgoutput to /dev/null is the ceiling; every
+//! sluice row is divided by it. A latency run sends a steady load through sluice to the
+//! bench's own webhook receiver, which times each envelope from its commit. Everything
+//! ends in one table (Markdown) on stdout, and in `--out` if given.
+//!
+//! Run it with `bash scripts/bench.sh` (release builds of sluice and this binary).
+
+mod consumers;
+mod cpu;
+mod receiver;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use sluice_testkit::Postgres;
+use tokio_postgres::Client;
+
+use consumers::{SinkRow, SluiceProcess, SINKS};
+use receiver::Receiver;
+use report::{percentile, secs, Row};
+use workload::{count, Generated, Workload};
+
+/// Benchmarks sluice against pg_recvlogical on the same WAL: throughput, commit→sink
+/// latency, peak memory.
+#[derive(Parser, Debug)]
+#[command(name = "sluice-bench")]
+struct Args {
+    /// Changes per workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+
+    /// How many times each consumer reads each workload (each time from its own slot, on
+    /// the same WAL, in rounds); the table shows the median and the spread.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+
+    /// Rows per transaction in the inserts and updates workloads.
+    #[arg(long, default_value_t = 1000)]
+    tx_rows: u64,
+
+    /// Only these workloads (comma-separated): inserts, updates, one-tx. Updates change
+    /// the rows the inserts wrote, so they need inserts.
+    #[arg(long, value_delimiter = ',')]
+    workloads: Vec<String>,
+
+    /// Only these sinks (comma-separated names from the table in consumers.rs).
+    /// pg_recvlogical always runs: it is the reference.
+    #[arg(long, value_delimiter = ',')]
+    sinks: Vec<String>,
+
+    /// The steady rate of the latency runs, in changes per second; 0 skips them.
+    #[arg(long, default_value_t = 10_000)]
+    latency_rate: u64,
+
+    /// How long each latency run sends its load, in seconds.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+
+    /// Before each timed run, wait up to this many seconds for other work on the machine
+    /// to drop below 20% of a core (0: do not wait).
+    #[arg(long, default_value_t = 120)]
+    quiet_wait: u64,
+
+    /// Also write the table (with the machine and the command) to this file.
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// What every run needs.
+struct Bench {
+    args: Args,
+    pg: Postgres,
+    client: Client,
+    pg_bin: PathBuf,
+    sluice: PathBuf,
+    receiver: Receiver,
+    sinks: Vec<&'static SinkRow>,
+    /// This process and the postmaster: see [`cpu`].
+    ours: Vec<u32>,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let sluice = sluice_testkit::sluice::bin();
+    let pg_bin = consumers::pg_bin_dir()?;
+
+    let mut sinks = Vec::new();
+    let mut skipped = Vec::new();
+    for row in SINKS {
+        if !args.sinks.is_empty() && !args.sinks.iter().any(|s| s == row.name) {
+            continue;
+        }
+        match row.missing_env() {
+            Some(var) => skipped.push(format!("{} (set {var} to run it)", row.name)),
+            None => sinks.push(row),
+        }
+    }
+    let workloads: Vec<Workload> = Workload::ALL
+        .into_iter()
+        .filter(|w| args.workloads.is_empty() || args.workloads.iter().any(|n| n == w.name()))
+        .collect();
+
+    eprintln!("bench: starting PostgreSQL");
+    let pg = Postgres::start("bench");
+    let client = workload::prepare(&pg).await?;
+    let machine = machine(&client).await;
+    let load_start = load_average();
+    let mut ours = vec![std::process::id()];
+    ours.extend(cpu::postmaster(&pg.dir.join("data")));
+    let bench = Bench {
+        ours,
+        receiver: Receiver::start().await?,
+        args,
+        pg,
+        client,
+        pg_bin,
+        sluice,
+        sinks,
+    };
+    eprintln!("bench: {machine}");
+
+    let mut rows = Vec::new();
+    for w in workloads {
+        rows.extend(bench.workload(w).await?);
+    }
+    if bench.args.latency_rate > 0 && bench.args.latency_secs > 0 {
+        let mut next_id = 10 * bench.args.rows + 1;
+        for sink in bench.sinks.iter().filter(|s| s.latency) {
+            rows.push(bench.latency(sink, next_id).await);
+            next_id += bench.args.latency_rate * bench.args.latency_secs;
+        }
+    }
+
+    let mut text = format!(
+        "{machine}\ncommand: {command}\nload average (1 min) at the start {load_start}, at the end {}\n\n{}",
+        load_average(),
+        report::table(&rows)
+    );
+    if !skipped.is_empty() {
+        text.push_str(&format!("\nskipped: {}\n", skipped.join(", ")));
+    }
+    println!("{text}");
+    if let Some(out) = &bench.args.out {
+        std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
+    }
+    Ok(())
+}
+
+impl Bench {
+    /// Wait (up to `--quiet-wait`) until other work leaves the machine alone.
+    async fn quiet(&self) {
+        if self.args.quiet_wait == 0 {
+            return;
+        }
+        let patience = Duration::from_secs(self.args.quiet_wait);
+        let (waited, quiet) = cpu::wait_quiet(&self.ours, 20.0, patience).await;
+        if !quiet {
+            eprintln!("bench: other work keeps the machine busy; going on after {waited:?}");
+        } else if waited > Duration::from_secs(2) {
+            eprintln!("bench: waited {waited:?} for other work to finish");
+        }
+    }
+
+    /// One workload: slots for every consumer and round, the changes, then each
+    /// consumer alone, round after round.
+    async fn workload(&self, w: Workload) -> Result<Vec<Row>> {
+        let args = &self.args;
+        let repeat = args.repeat.max(1);
+        let label = w.label(args.rows, args.tx_rows);
+        let sinks: Vec<&SinkRow> = self
+            .sinks
+            .iter()
+            .copied()
+            .filter(|s| s.throughput)
+            .collect();
+        let mut consumers = vec!["recvlogical"];
+        consumers.extend(sinks.iter().map(|s| s.name));
+        let slot = |consumer: &str, round: usize| {
+            format!("bench_{}_{}_{round}", w.name(), consumer).replace('-', "_")
+        };
+        for round in 0..repeat {
+            for consumer in &consumers {
+                workload::create_slot(&self.client, &slot(consumer, round)).await?;
+            }
+        }
+        let generated = workload::generate(&self.client, w, args.rows, args.tx_rows).await?;
+        eprintln!(
+            "bench: {label}: written in {:.1} s; consumers read up to {}",
+            secs(generated.took),
+            generated.marker
+        );
+        // Generous: a stuck consumer is reported, not waited for forever.
+        let timeout = Duration::from_secs(300 + args.rows / 1000);
+
+        // runs[0] is pg_recvlogical's, then one per sink.
+        let mut runs: Vec<Vec<Row>> = consumers.iter().map(|_| Vec::new()).collect();
+        for round in 0..repeat {
+            let mut reference = Row {
+                workload: label.clone(),
+                consumer: "pg_recvlogical".into(),
+                events: generated.events,
+                ..Row::default()
+            };
+            let slot_name = slot("recvlogical", round);
+            self.quiet().await;
+            let before = cpu::sample(&self.ours);
+            match consumers::recvlogical(
+                &self.pg_bin,
+                self.pg.port,
+                &slot_name,
+                generated.marker,
+                timeout,
+            )
+            .await
+            {
+                Ok(took) => reference.seconds = Some(secs(took)),
+                Err(e) => reference.note = format!("{e:#}"),
+            }
+            reference.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+            workload::drop_slot(&self.client, &slot_name).await?;
+            eprintln!("bench: {label}: pg_recvlogical {}", summary(&reference));
+            runs[0].push(reference);
+
+            for (i, sink) in sinks.iter().enumerate() {
+                let slot_name = slot(sink.name, round);
+                let mut row = self.throughput(sink, &slot_name, &generated).await;
+                row.workload = label.clone();
+                workload::drop_slot(&self.client, &slot_name).await?;
+                eprintln!("bench: {label}: sluice → {} {}", sink.name, summary(&row));
+                runs[i + 1].push(row);
+            }
+        }
+        let mut rows: Vec<Row> = runs.into_iter().map(report::combine).collect();
+        let reference = rows[0].rate();
+        for row in &mut rows {
+            row.reference = reference;
+        }
+        Ok(rows)
+    }
+
+    /// sluice with `sink`, reading `slot` until its sink is durably past the marker.
+    async fn throughput(&self, sink: &SinkRow, slot: &str, generated: &Generated) -> Row {
+        let mut row = Row {
+            consumer: format!("sluice → {}", sink.name),
+            events: generated.events,
+            ..Row::default()
+        };
+        self.quiet().await;
+        let before = cpu::sample(&self.ours);
+        let mut process = match SluiceProcess::start(
+            &self.sluice,
+            &self.pg.url(),
+            sink,
+            slot,
+            &self.receiver.url,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                row.note = format!("{e:#}");
+                return row;
+            }
+        };
+        let received = self.receiver.events();
+        let stall = Duration::from_secs(60 + self.args.rows / 10_000);
+        let measured = async {
+            let startup = process.wait_streaming(Duration::from_secs(60)).await?;
+            let (status, took) = process.wait_flushed(generated.marker, stall).await?;
+            anyhow::Ok((startup, status, took))
+        }
+        .await;
+        row.rss_mb = process.peak_rss_mb();
+        let stopped = process.stop().await;
+        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+        match measured {
+            Ok((startup, status, took)) => {
+                row.startup = Some(secs(startup));
+                row.seconds = Some(secs(took));
+                if status.delivered != generated.events {
+                    row.note = format!(
+                        "the sink delivered {} events, expected {}",
+                        status.delivered, generated.events
+                    );
+                }
+                let got = self.receiver.events() - received;
+                if sink.sink.contains("$WEBHOOK") && got < generated.events {
+                    row.note = format!("the receiver got {got} of {} events", generated.events);
+                }
+            }
+            Err(e) => row.note = format!("{e:#}"),
+        }
+        if let Err(e) = stopped {
+            row.note = format!("{} {e:#}", row.note);
+        }
+        row
+    }
+
+    /// A steady load through sluice with `sink` (a webhook to the bench receiver), timing
+    /// every envelope from its commit to its arrival.
+    async fn latency(&self, sink: &SinkRow, first_id: u64) -> Row {
+        let (rate, duration) = (self.args.latency_rate, self.args.latency_secs);
+        let mut row = Row {
+            workload: format!("steady {}/s, {duration} s", count(rate)),
+            consumer: format!("sluice → {}", sink.name),
+            ..Row::default()
+        };
+        let slot = format!("bench_latency_{}", sink.name).replace('-', "_");
+        let result = async {
+            let mut process = SluiceProcess::start(
+                &self.sluice,
+                &self.pg.url(),
+                sink,
+                &slot,
+                &self.receiver.url,
+            )?;
+            let startup = process.wait_streaming(Duration::from_secs(60)).await;
+            self.quiet().await;
+            let before = cpu::sample(&self.ours);
+            let measured = async {
+                row.startup = Some(secs(startup?));
+                let before = self.receiver.events();
+                self.receiver.record();
+                let started = Instant::now();
+                let events = workload::steady(&self.client, first_id, rate, duration).await?;
+                row.seconds = Some(secs(started.elapsed()));
+                row.events = events;
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while self.receiver.events() - before < events && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    process.status().await?;
+                }
+                anyhow::Ok(())
+            }
+            .await;
+            let latencies = self.receiver.take_latencies();
+            row.rss_mb = process.peak_rss_mb();
+            let stopped = process.stop().await;
+            row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+            measured?;
+            stopped?;
+            let ms = |p| percentile(&latencies, p).map(|us| us as f64 / 1000.0);
+            row.p50_ms = ms(50.0);
+            row.p99_ms = ms(99.0);
+            if (latencies.len() as u64) < row.events {
+                row.note = format!(
+                    "{} of {} events arrived within 60 s of the load's end",
+                    latencies.len(),
+                    row.events
+                );
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            row.note = format!("{e:#}");
+        }
+        if let Err(e) = workload::drop_slot(&self.client, &slot).await {
+            row.note = format!("{} {e:#}", row.note);
+        }
+        eprintln!(
+            "bench: {}: {} {}",
+            row.workload,
+            row.consumer,
+            summary(&row)
+        );
+        row
+    }
+}
+
+/// A progress line for stderr.
+fn summary(row: &Row) -> String {
+    match (row.rate(), row.p99_ms) {
+        _ if !row.note.is_empty() => format!("({})", row.note),
+        (_, Some(p99)) => format!("p50 {:.1} ms, p99 {p99:.1} ms", row.p50_ms.unwrap_or(0.0)),
+        (Some(rate), None) => format!("{rate:.0} events/s"),
+        (None, None) => String::new(),
+    }
+}
+
+/// The 1-minute load average: other work on the machine skews every figure.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// The machine and server, for the table's header.
+async fn machine(client: &Client) -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
+    let model = read("/proc/cpuinfo")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let version: String = match client.query_one("show server_version", &[]).await {
+        Ok(row) => row.get(0),
+        Err(_) => "?".into(),
+    };
+    format!("machine: {cpus} CPUs ({model}), {mem_gib:.1} GiB RAM; PostgreSQL {version}")
+}
