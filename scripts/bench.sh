@@ -8,4 +8,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release -p sluice -p sluice-bench
+# The blackhole+wasm row runs a trivial transform: build the example components.
+transforms="$(SLUICE_SKIP_PYTHON=1 bash scripts/build-transforms.sh | tail -n 1)"
+export SLUICE_BENCH_IDENTITY_WASM="$transforms/identity.wasm"
 SLUICE_BIN="$target/release/sluice" exec "$target/release/sluice-bench" "$@"
