@@ -135,30 +135,21 @@ pub fn number(outputs: &mut [Arc<Event>]) {
 pub type SharedChain = Arc<Mutex<Chain>>;
 
 /// The pipeline chain's outputs for `inputs`, computing (once, for all sinks) those not
-/// yet computed.
+/// yet computed. An empty chain caches nothing: an event must never hold a reference to
+/// itself (it would never be freed).
 pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<ChainOutput>> {
-    if inputs.iter().any(|e| e.staged.get().is_none()) {
-        let mut chain = chain.lock().unwrap();
-        let missing: Vec<Arc<Event>> = inputs
-            .iter()
-            .filter(|e| e.staged.get().is_none())
-            .cloned()
-            .collect();
-        if !missing.is_empty() {
-            let results = if chain.is_empty() {
-                missing.iter().map(|e| Ok(vec![e.clone()])).collect()
-            } else {
-                chain.run(&missing)
-            };
-            for (event, result) in missing.iter().zip(results) {
-                let _ = event.staged.set(Arc::new(result));
-            }
+    let mut chain = chain.lock().unwrap();
+    if chain.is_empty() {
+        return inputs.iter().map(|e| Arc::new(Ok(vec![e.clone()]))).collect();
+    }
+    let missing: Vec<Arc<Event>> = inputs.iter().filter(|e| e.staged.get().is_none()).cloned().collect();
+    if !missing.is_empty() {
+        for (event, result) in missing.iter().zip(chain.run(&missing)) {
+            let _ = event.staged.set(Arc::new(result));
         }
     }
-    inputs
-        .iter()
-        .map(|e| e.staged.get().expect("computed above").clone())
-        .collect()
+    drop(chain);
+    inputs.iter().map(|e| e.staged.get().expect("computed above").clone()).collect()
 }
 
 #[cfg(test)]
@@ -219,6 +210,15 @@ pub(crate) mod tests {
         after.push("n".into(), Value::Int(n));
         e.after = Some(after);
         Arc::new(e)
+    }
+
+    #[test]
+    fn an_empty_chain_keeps_no_reference_to_the_event() {
+        let chain: SharedChain = Arc::new(Mutex::new(Chain::default()));
+        let e = event(0, 1);
+        let out = pipeline_outputs(&chain, std::slice::from_ref(&e));
+        drop(out);
+        assert_eq!(Arc::strong_count(&e), 1, "a cached self-reference would leak every event");
     }
 
     #[test]
