@@ -37,7 +37,7 @@ pub const SINKS: &[SinkRow] = &[
     SinkRow { name: "webhook",         sink: "{ type: webhook, url: \"$WEBHOOK\" }",              needs: &[], throughput: true,  latency: true },
     SinkRow { name: "webhook-batch",   sink: "{ type: webhook, url: \"$WEBHOOK\", batch: true }", needs: &[], throughput: true,  latency: true },
     // The cost of the WebAssembly host: blackhole behind a trivial (identity) transform.
-    SinkRow { name: "blackhole+wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
+    SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
     // SinkRow { name: "redis", sink: "{ type: redis, url: \"${REDIS_URL}\", key: \"{table}:{key}\" }", needs: &["REDIS_URL"], throughput: true, latency: false },
 ];
 

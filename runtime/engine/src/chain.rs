@@ -140,16 +140,26 @@ pub type SharedChain = Arc<Mutex<Chain>>;
 pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<ChainOutput>> {
     let mut chain = chain.lock().unwrap();
     if chain.is_empty() {
-        return inputs.iter().map(|e| Arc::new(Ok(vec![e.clone()]))).collect();
+        return inputs
+            .iter()
+            .map(|e| Arc::new(Ok(vec![e.clone()])))
+            .collect();
     }
-    let missing: Vec<Arc<Event>> = inputs.iter().filter(|e| e.staged.get().is_none()).cloned().collect();
+    let missing: Vec<Arc<Event>> = inputs
+        .iter()
+        .filter(|e| e.staged.get().is_none())
+        .cloned()
+        .collect();
     if !missing.is_empty() {
         for (event, result) in missing.iter().zip(chain.run(&missing)) {
             let _ = event.staged.set(Arc::new(result));
         }
     }
     drop(chain);
-    inputs.iter().map(|e| e.staged.get().expect("computed above").clone()).collect()
+    inputs
+        .iter()
+        .map(|e| e.staged.get().expect("computed above").clone())
+        .collect()
 }
 
 #[cfg(test)]
@@ -218,7 +228,11 @@ pub(crate) mod tests {
         let e = event(0, 1);
         let out = pipeline_outputs(&chain, std::slice::from_ref(&e));
         drop(out);
-        assert_eq!(Arc::strong_count(&e), 1, "a cached self-reference would leak every event");
+        assert_eq!(
+            Arc::strong_count(&e),
+            1,
+            "a cached self-reference would leak every event"
+        );
     }
 
     #[test]
