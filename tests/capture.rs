@@ -13,26 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{assert_per_key_order, position, wait_streaming, webhook_pipeline};
+use common::{assert_per_key_order, position, wait_delivered, wait_streaming, webhook_pipeline};
 use harness::{eventually, free_port, scratch_dir, Postgres, Receiver, Respond, Sluice};
-
-/// Wait until exactly `n` events were acknowledged (panics on more).
-async fn wait_delivered(rx: &Receiver, n: usize, sluice: &Sluice) -> Vec<Value> {
-    let what = format!("{n} deliveries");
-    eventually(Duration::from_secs(60), &what, async || {
-        let got = rx.delivered();
-        (got.len() >= n).then_some(())
-    })
-    .await;
-    let got = rx.delivered();
-    assert_eq!(
-        got.len(),
-        n,
-        "more deliveries than expected: {got:#?}\nlog:\n{}",
-        sluice.log()
-    );
-    got
-}
 
 /// Wait until `sink`'s committed offset in `state.db` is at least `at`; returns it.
 async fn wait_committed(sluice: &Sluice, sink: &str, at: (u64, u32)) -> (u64, u32) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use sluice_testkit::{eventually, Postgres};
+use sluice_testkit::{eventually, Postgres, Receiver, Sluice};
 
 /// A webhook pipeline over `tables` delivering to `url`, with extra webhook keys and
 /// extra top-level text.
@@ -69,4 +69,22 @@ pub fn assert_per_key_order(events: &[Value]) {
             );
         }
     }
+}
+
+/// Wait until exactly `n` events were acknowledged (panics on more).
+pub async fn wait_delivered(rx: &Receiver, n: usize, sluice: &Sluice) -> Vec<Value> {
+    let what = format!("{n} deliveries");
+    eventually(Duration::from_secs(60), &what, async || {
+        let got = rx.delivered();
+        (got.len() >= n).then_some(())
+    })
+    .await;
+    let got = rx.delivered();
+    assert_eq!(
+        got.len(),
+        n,
+        "more deliveries than expected: {got:#?}\nlog:\n{}",
+        sluice.log()
+    );
+    got
 }

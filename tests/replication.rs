@@ -10,30 +10,10 @@ use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 
-use common::{assert_per_key_order, wait_streaming, webhook_pipeline};
+use common::{assert_per_key_order, wait_delivered, wait_streaming, webhook_pipeline};
 use harness::{eventually, scratch_dir, Postgres, Receiver, Sluice};
 
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-async fn wait_delivered(rx: &Receiver, n: usize, sluice: &Sluice) -> Vec<Value> {
-    eventually(
-        Duration::from_secs(60),
-        &format!("{n} deliveries"),
-        async || {
-            let got = rx.delivered();
-            (got.len() >= n).then_some(got)
-        },
-    )
-    .await;
-    let got = rx.delivered();
-    assert_eq!(
-        got.len(),
-        n,
-        "more deliveries than expected; log:\n{}",
-        sluice.log()
-    );
-    got
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn insert_update_delete_truncate_round_trip_signed() {

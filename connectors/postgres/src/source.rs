@@ -137,11 +137,14 @@ impl PostgresSource {
             self.options.status_interval,
         );
         let mut pending: Vec<Entry> = Vec::with_capacity(APPEND_CHUNK);
+        // One shutdown future for the session, not one per message (this is the hot loop).
+        let draining = ctx.shutdown.draining();
+        tokio::pin!(draining);
         let result: Result<(), SourceFailure> = async {
             loop {
                 let message = tokio::select! {
                     m = stream.next() => m?,
-                    _ = ctx.shutdown.draining() => return Ok(()),
+                    _ = &mut draining => return Ok(()),
                 };
                 let Some(message) = message else {
                     return Err(

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde_json::Value as Json;
 
-use crate::event::{Event, Message, Op, Row, Source, Value};
+use crate::event::{parse_timestamp_micros, Event, Message, Op, Row, Source, Value};
 use crate::lsn::{Lsn, Position};
 
 #[derive(Debug, thiserror::Error)]
@@ -139,27 +139,6 @@ fn value(v: &Json) -> Value {
         Json::Array(items) => Value::Array(items.iter().map(value).collect()),
         Json::Object(_) => Value::json(&v.to_string()).unwrap_or(Value::Null),
     }
-}
-
-/// `2026-11-22T06:00:00.123456Z` → microseconds since the Unix epoch.
-fn parse_timestamp_micros(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
-    let mut t = hms.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    let micros: i64 = format!("{frac:0<6}")[..6].parse().ok()?;
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
 }
 
 #[cfg(test)]

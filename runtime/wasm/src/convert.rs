@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use sluice_runtime::event::format_timestamp_micros;
+use sluice_runtime::event::{format_timestamp_micros, parse_timestamp_micros};
 use sluice_runtime::{Column, Event, Lsn, Message, Op, Row, Source, Value};
 
 use crate::bindings::sluice::transform::types as wit;
@@ -317,42 +317,6 @@ fn json(text: String) -> Result<Value, String> {
     RawValue::from_string(text)
         .map(Value::Json)
         .map_err(|e| format!("a `json` value that is not JSON ({e})"))
-}
-
-/// `2026-11-22T06:00:00.123456Z` (fraction optional, up to microseconds) → microseconds
-/// since the Unix epoch.
-fn parse_timestamp_micros(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let m: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let mut t = hms.splitn(3, ':');
-    let hh: i64 = t.next()?.parse().ok()?;
-    let mm: i64 = t.next()?.parse().ok()?;
-    let ss: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || hh > 23 || mm > 59 || ss > 60 {
-        return None;
-    }
-    if frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let micros = frac
-        .bytes()
-        .chain(std::iter::repeat(b'0'))
-        .take(6)
-        .fold(0, |n, digit| n * 10 + i64::from(digit - b'0'));
-    // Days from civil (Howard Hinnant).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
 }
 
 #[cfg(test)]
