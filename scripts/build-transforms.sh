@@ -15,7 +15,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 examples="$root/examples/transforms"
 wit="$root/wit/sluice-transform-0.1"
 out="${SLUICE_TRANSFORMS_DIR:-$root/target/transforms}"
-rust_transforms=(redact_pii order_doc route_by_status identity hostile)
+rust_transforms=(redact_pii order_doc route_by_status identity passthrough hostile)
 componentize_py_version=0.25.1
 
 log() { echo "build-transforms: $*" >&2; }

@@ -19,7 +19,7 @@ impl Stage for WasmStage {
         self.0.fingerprint()
     }
 
-    fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>> {
+    fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Arc<Event>>, StageError>> {
         self.0
             .apply(events)
             .into_iter()

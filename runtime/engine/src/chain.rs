@@ -30,7 +30,9 @@ pub trait Stage: Send {
     fn name(&self) -> &str;
     /// Identifies the code and configuration (recorded with dead-lettered events).
     fn fingerprint(&self) -> &str;
-    fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>>;
+    /// One result per input, in order: the events it became (the input itself, shared,
+    /// when the stage kept it unchanged), or its error.
+    fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Arc<Event>>, StageError>>;
 }
 
 /// A source event that failed in a chain.
@@ -86,8 +88,10 @@ impl Chain {
                 }
                 match result {
                     Ok(outputs) => next.extend(outputs.into_iter().map(|mut o| {
-                        o.position = event.position;
-                        (i, Arc::new(o))
+                        if o.position != event.position {
+                            Arc::make_mut(&mut o).position = event.position;
+                        }
+                        (i, o)
                     })),
                     Err(error) => {
                         failed[i] = Some(ChainFailure {
@@ -152,13 +156,18 @@ pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<C
         .collect();
     if !missing.is_empty() {
         for (event, result) in missing.iter().zip(chain.run(&missing)) {
-            let _ = event.staged.set(Arc::new(result));
+            let kept =
+                matches!(&result, Ok(outs) if outs.len() == 1 && Arc::ptr_eq(&outs[0], event));
+            let _ = event.staged.set((!kept).then(|| Arc::new(result)));
         }
     }
     drop(chain);
     inputs
         .iter()
-        .map(|e| e.staged.get().expect("computed above").clone())
+        .map(|e| match e.staged.get().expect("computed above") {
+            Some(output) => output.clone(),
+            None => Arc::new(Ok(vec![e.clone()])),
+        })
         .collect()
 }
 
@@ -168,8 +177,19 @@ pub(crate) mod tests {
     use crate::event::{Op, Row, Source, Value};
     use crate::lsn::{Lsn, Position};
 
-    /// A stage driven by the `n` column: 0 drops, 1 maps (adds a column), 2 fans out, -1 fails.
+    /// A stage driven by the `n` column: 0 drops, 1 maps (adds a column), 2 fans out, 3 keeps
+    /// the event as it is, -1 fails.
     pub struct ByN(pub &'static str);
+
+    impl ByN {
+        fn map(&self, e: &Event) -> Event {
+            let mut out = e.clone();
+            out.after
+                .get_or_insert_with(Row::default)
+                .push(self.0.into(), Value::Bool(true));
+            out
+        }
+    }
 
     impl Stage for ByN {
         fn name(&self) -> &str {
@@ -178,7 +198,7 @@ pub(crate) mod tests {
         fn fingerprint(&self) -> &str {
             "f"
         }
-        fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>> {
+        fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Arc<Event>>, StageError>> {
             events
                 .iter()
                 .map(|e| {
@@ -186,10 +206,10 @@ pub(crate) mod tests {
                         Some(Value::Int(n)) => *n,
                         _ => 1,
                     };
-                    let mut out = (**e).clone();
-                    out.after
-                        .get_or_insert_with(Row::default)
-                        .push(self.0.into(), Value::Bool(true));
+                    if n == 3 {
+                        return Ok(vec![e.clone()]);
+                    }
+                    let out = Arc::new(self.map(e));
                     match n {
                         -1 => Err(StageError {
                             kind: "error".into(),
@@ -268,10 +288,13 @@ pub(crate) mod tests {
             fn fingerprint(&self) -> &str {
                 "c"
             }
-            fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, StageError>> {
+            fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Arc<Event>>, StageError>> {
                 self.0
                     .fetch_add(events.len(), std::sync::atomic::Ordering::SeqCst);
-                events.iter().map(|e| Ok(vec![(**e).clone()])).collect()
+                events
+                    .iter()
+                    .map(|e| Ok(vec![Arc::new((**e).clone())]))
+                    .collect()
             }
         }
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -283,5 +306,24 @@ pub(crate) mod tests {
         let b = pipeline_outputs(&chain, &batch);
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert!(Arc::ptr_eq(&a[0], &b[0]));
+    }
+
+    #[test]
+    fn a_kept_event_is_shared_computed_once_and_freed() {
+        let chain: SharedChain = Arc::new(Mutex::new(Chain::new(vec![Box::new(ByN("a"))])));
+        let batch = vec![event(0, 3), event(1, 1)];
+        let a = pipeline_outputs(&chain, &batch);
+        let kept = a[0].as_ref().as_ref().unwrap();
+        assert!(Arc::ptr_eq(&kept[0], &batch[0]), "kept, not copied");
+        assert!(!Arc::ptr_eq(&a[1].as_ref().as_ref().unwrap()[0], &batch[1]));
+        assert!(batch[0].staged.get().is_some(), "the outcome is cached");
+        let b = pipeline_outputs(&chain, &batch);
+        assert!(Arc::ptr_eq(&b[0].as_ref().as_ref().unwrap()[0], &batch[0]));
+        drop((a, b));
+        assert_eq!(
+            Arc::strong_count(&batch[0]),
+            1,
+            "a kept event must not hold itself"
+        );
     }
 }

@@ -200,8 +200,9 @@ pub struct Event {
     pub fanout: u32,
     json: OnceLock<Bytes>,
     /// The pipeline-level transform chain's result for this event, computed once by the
-    /// first sink that needs it and shared by the others.
-    pub(crate) staged: OnceLock<Arc<crate::chain::ChainOutput>>,
+    /// first sink that needs it and shared by the others. `None`: the chain kept the event
+    /// as it was (holding the event itself here would keep it alive forever).
+    pub(crate) staged: OnceLock<Option<Arc<crate::chain::ChainOutput>>>,
 }
 
 impl Event {
@@ -544,5 +545,22 @@ mod tests {
             format_timestamp_micros(951_782_400_000_000),
             "2000-02-29T00:00:00.000000Z"
         );
+    }
+
+    #[test]
+    fn timestamps_parse_back_what_the_envelope_writes() {
+        for micros in [0, -1, 1_795_327_200_123_456, 951_782_400_000_000] {
+            assert_eq!(
+                parse_timestamp_micros(&format_timestamp_micros(micros)),
+                Some(micros)
+            );
+        }
+        let parse = parse_timestamp_micros;
+        assert_eq!(parse("1970-01-01T00:00:01Z"), Some(1_000_000));
+        assert_eq!(parse("1970-01-01T00:00:00.5Z"), Some(500_000));
+        assert_eq!(parse("1970-01-01T00:00:00.123456789Z"), Some(123_456));
+        assert_eq!(parse("1970-13-01T00:00:00Z"), None);
+        assert_eq!(parse("1970-01-01T00:00:00.x1Z"), None);
+        assert_eq!(parse("yesterday"), None);
     }
 }

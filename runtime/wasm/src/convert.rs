@@ -1,125 +1,246 @@
 //! Events to and from the WIT types of `sluice:transform/types@0.1.0`: borrowed views on
 //! the way in (`*Param`), owned values on the way back (`*Result`).
 //!
+//! A batch names each table and each list of column names once ([`Names`]); rows cross as
+//! values only. Names usually come back unchanged: output rows that point at the input's
+//! lists share the input's `Arc<str>` names, so a map costs no allocation per name.
+//!
 //! WIT types cannot recurse, so json/jsonb values and arrays cross as JSON text
 //! (`value::json`); what comes back as JSON text stays a [`Value::Json`]. An output event
-//! takes its input's position whatever `id` the guest wrote (offsets count input events),
+//! takes its input's position whatever index the guest wrote (offsets count input events),
 //! and starts with no cached JSON: its envelope is encoded from what the guest returned.
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
-use sluice_runtime::event::{format_timestamp_micros, parse_timestamp_micros};
 use sluice_runtime::{Column, Event, Lsn, Message, Op, Row, Source, Value};
 
 use crate::bindings::sluice::transform::types as wit;
 
-/// Call `f` with `events` as the guest sees them: views that borrow our events, plus one
-/// buffer per batch for the texts we must format (ids, LSNs, times, arrays as JSON), so
-/// lowering into the guest's memory is the only copy.
-pub(crate) fn with_params<R>(
-    events: &[Arc<Event>],
-    f: impl FnOnce(&[wit::EventParam<'_>]) -> R,
-) -> R {
-    // Pass 1: every formatted text, in one buffer.
-    let mut texts = Texts::default();
-    let mut formatted = Vec::with_capacity(events.len());
-    let mut last_commit: Option<(Lsn, Span)> = None;
-    let mut last_ts: Option<(i64, Span)> = None;
-    for e in events {
-        let id = texts.push_display(&e.id());
-        let lsn = texts.push_display(&e.source.lsn);
-        let commit_lsn = match last_commit {
-            Some((lsn, span)) if lsn == e.source.commit_lsn => span,
-            _ => texts.push_display(&e.source.commit_lsn),
+/// The tables and column lists of a batch, by index, as the guest sees them: the input's
+/// first, then those an output declares.
+#[derive(Default)]
+pub(crate) struct Names {
+    tables: Vec<(Arc<str>, Arc<str>)>,
+    columns: Vec<Vec<Arc<str>>>,
+}
+
+impl Names {
+    /// The index of `schema.table`, added if new.
+    fn table(&mut self, schema: &Arc<str>, table: &Arc<str>) -> u32 {
+        let same = |(s, t): &(Arc<str>, Arc<str>)| {
+            (Arc::ptr_eq(s, schema) || s == schema) && (Arc::ptr_eq(t, table) || t == table)
         };
-        last_commit = Some((e.source.commit_lsn, commit_lsn));
-        let ts = match last_ts {
-            Some((micros, span)) if micros == e.source.ts_micros => span,
-            _ => texts.push_display(&format_timestamp_micros(e.source.ts_micros)),
-        };
-        last_ts = Some((e.source.ts_micros, ts));
-        formatted.push([id, lsn, commit_lsn, ts]);
-        for row in [&e.key, &e.before, &e.after].into_iter().flatten() {
-            for c in &row.0 {
-                texts.push_array(&c.value);
+        // Most batches name one or two tables, and runs of events share one.
+        match self.tables.iter().rposition(same) {
+            Some(i) => i as u32,
+            None => {
+                self.tables.push((schema.clone(), table.clone()));
+                (self.tables.len() - 1) as u32
             }
         }
+    }
+
+    /// The index of the column list `names`, added if new.
+    fn columns<'a>(&mut self, names: impl ExactSizeIterator<Item = &'a Arc<str>> + Clone) -> u32 {
+        let same = |list: &Vec<Arc<str>>| {
+            list.len() == names.len()
+                && list
+                    .iter()
+                    .zip(names.clone())
+                    .all(|(a, b)| Arc::ptr_eq(a, b) || a == b)
+        };
+        match self.columns.iter().rposition(same) {
+            Some(i) => i as u32,
+            None => {
+                self.columns.push(names.cloned().collect());
+                (self.columns.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Add what an output declares after the input's. Names equal to an input name share
+    /// its `Arc`.
+    pub(crate) fn extend(&mut self, tables: Vec<wit::TableResult>, columns: Vec<Vec<String>>) {
+        let known = |s: String, names: &Names| -> Arc<str> {
+            names
+                .columns
+                .iter()
+                .flatten()
+                .chain(names.tables.iter().flat_map(|(s, t)| [s, t]))
+                .find(|n| ***n == *s)
+                .cloned()
+                .unwrap_or_else(|| s.into())
+        };
+        for t in tables {
+            let table = (known(t.schema, self), known(t.name, self));
+            self.tables.push(table);
+        }
+        for list in columns {
+            let list = list.into_iter().map(|n| known(n, self)).collect();
+            self.columns.push(list);
+        }
+    }
+
+    fn table_at(&self, index: u32, field: &str) -> Result<&(Arc<str>, Arc<str>), String> {
+        self.tables.get(index as usize).ok_or_else(|| {
+            format!(
+                "{field}: table {index}, but the batch and the output name {} tables",
+                self.tables.len()
+            )
+        })
+    }
+
+    fn columns_at(&self, index: u32, field: &str) -> Result<&[Arc<str>], String> {
+        match self.columns.get(index as usize) {
+            Some(list) => Ok(list),
+            None => Err(format!(
+                "{field}: column list {index}, but the batch and the output have {}",
+                self.columns.len()
+            )),
+        }
+    }
+}
+
+/// Call `f` with `events` as the guest's batch: views that borrow our events, plus one
+/// buffer for the texts we must format (arrays as JSON), so lowering into the guest's
+/// memory is the only copy. `f` also gets the batch's [`Names`], which
+/// [`outcome_events`] needs to read the answer.
+pub(crate) fn with_batch<R>(
+    events: &[Arc<Event>],
+    f: impl FnOnce(wit::Batch<'_>, &mut Names) -> R,
+) -> R {
+    // Pass 1: names and the indexes of every event's table and rows; arrays as JSON text.
+    let mut names = Names::default();
+    let mut texts = Texts::default();
+    let mut refs = Vec::with_capacity(events.len());
+    for e in events {
+        let table = match (&e.source.schema, &e.source.table) {
+            (Some(schema), Some(table)) => Some(names.table(schema, table)),
+            (None, Some(table)) => Some(names.table(&Arc::from(""), table)),
+            _ => None,
+        };
+        let mut row = |r: &Option<Row>| {
+            r.as_ref().map(|r| {
+                for c in &r.0 {
+                    texts.push_array(&c.value);
+                }
+                names.columns(r.0.iter().map(|c| &c.name))
+            })
+        };
+        let rows = [row(&e.key), row(&e.before), row(&e.after)];
+        let unchanged = (!e.unchanged.is_empty()).then(|| names.columns(e.unchanged.iter()));
         if let Some(m) = &e.message {
-            for v in [
-                &m.id,
-                &m.kind,
-                &m.aggregate_type,
-                &m.aggregate_id,
-                &m.payload,
-                &m.headers,
-            ] {
+            for v in message_values(m) {
                 texts.push_array(v);
             }
         }
+        refs.push((table, rows, unchanged));
     }
 
-    // Pass 2: the columns of every row, in one list; arrays take their texts in order.
+    // Pass 2: every row's values in one list; arrays take their texts in order.
     let text = texts.buf.as_str();
     let mut arrays = texts.arrays.iter();
-    let mut columns: Vec<wit::ColumnParam<'_>> = Vec::new();
-    let mut unchanged: Vec<&str> = Vec::new();
-    let mut rows = Vec::with_capacity(events.len());
+    let mut values: Vec<wit::ValueParam<'_>> = Vec::new();
+    let mut spans = Vec::with_capacity(events.len());
     let mut messages = Vec::with_capacity(events.len());
     for e in events {
-        let key = row_params(&e.key, text, &mut arrays, &mut columns);
-        let before = row_params(&e.before, text, &mut arrays, &mut columns);
-        let after = row_params(&e.after, text, &mut arrays, &mut columns);
-        let start = unchanged.len();
-        unchanged.extend(e.unchanged.iter().map(|c| &**c));
-        rows.push([key, before, after, Some(start..unchanged.len())]);
-        messages.push(e.message.as_ref().map(|m| wit::MessageParam {
-            id: value_param(&m.id, text, &mut arrays),
-            kind: value_param(&m.kind, text, &mut arrays),
-            aggregate_type: value_param(&m.aggregate_type, text, &mut arrays),
-            aggregate_id: value_param(&m.aggregate_id, text, &mut arrays),
-            payload: value_param(&m.payload, text, &mut arrays),
-            headers: value_param(&m.headers, text, &mut arrays),
+        let mut span = [None, None, None];
+        for (slot, row) in span.iter_mut().zip([&e.key, &e.before, &e.after]) {
+            if let Some(r) = row {
+                let start = values.len();
+                values.extend(r.0.iter().map(|c| value_param(&c.value, text, &mut arrays)));
+                *slot = Some(start..values.len());
+            }
+        }
+        spans.push(span);
+        messages.push(e.message.as_ref().map(|m| {
+            let [id, kind, aggregate_type, aggregate_id, payload, headers] =
+                message_values(m).map(|v| value_param(v, text, &mut arrays));
+            wit::MessageParam {
+                id,
+                kind,
+                aggregate_type,
+                aggregate_id,
+                payload,
+                headers,
+            }
         }));
     }
 
-    // Pass 3: the events.
+    // Pass 3: the batch. (The views borrow a copy of the names, so that `f` may add the
+    // output's to `names`.)
+    let input = (names.tables.clone(), names.columns.clone());
+    let tables: Vec<wit::TableParam<'_>> = input
+        .0
+        .iter()
+        .map(|(schema, name)| wit::TableParam { schema, name })
+        .collect();
+    let lists: Vec<Vec<&str>> = input
+        .1
+        .iter()
+        .map(|l| l.iter().map(|n| &**n).collect())
+        .collect();
+    let lists: Vec<&[&str]> = lists.iter().map(Vec::as_slice).collect();
     let params: Vec<wit::EventParam<'_>> = events
         .iter()
-        .zip(formatted)
-        .zip(rows)
+        .zip(refs)
+        .zip(spans)
         .zip(messages)
-        .map(
-            |(((e, [id, lsn, commit_lsn, ts]), [key, before, after, unchanged_range]), message)| {
-                let cols = |r: Option<std::ops::Range<usize>>| r.map(|r| &columns[r]);
-                wit::EventParam {
-                    id: &text[id.0..id.1],
-                    op: match e.op {
-                        Op::Insert => wit::Op::Insert,
-                        Op::Update => wit::Op::Update,
-                        Op::Delete => wit::Op::Delete,
-                        Op::Truncate => wit::Op::Truncate,
-                        Op::Event => wit::Op::Event,
-                    },
-                    source: wit::SourceParam {
-                        pipeline: &e.source.pipeline,
-                        schema: e.source.schema.as_deref(),
-                        table: e.source.table.as_deref(),
-                        lsn: &text[lsn.0..lsn.1],
-                        commit_lsn: &text[commit_lsn.0..commit_lsn.1],
-                        xid: e.source.xid,
-                        ts: &text[ts.0..ts.1],
-                    },
-                    key: cols(key),
-                    before: cols(before),
-                    after: cols(after),
-                    unchanged: &unchanged[unchanged_range.unwrap_or(0..0)],
-                    message,
-                }
-            },
-        )
+        .map(|(((e, (table, rows, unchanged)), spans), message)| {
+            let row = |i: usize| {
+                rows[i].map(|columns| wit::RowParam {
+                    columns,
+                    values: &values[spans[i].clone().expect("a span per row")],
+                })
+            };
+            wit::EventParam {
+                index: e.position.index,
+                op: op_to_wit(e.op),
+                source: wit::Source {
+                    table,
+                    lsn: e.source.lsn.0,
+                    commit_lsn: e.source.commit_lsn.0,
+                    xid: e.source.xid,
+                    ts: e.source.ts_micros,
+                },
+                key: row(0),
+                before: row(1),
+                after: row(2),
+                unchanged,
+                message,
+            }
+        })
         .collect();
-    f(&params)
+    let pipeline = events.first().map_or("", |e| &*e.source.pipeline);
+    let batch = wit::Batch {
+        pipeline,
+        tables: &tables,
+        columns: &lists,
+        events: &params,
+    };
+    f(batch, &mut names)
+}
+
+fn message_values(m: &Message) -> [&Value; 6] {
+    [
+        &m.id,
+        &m.kind,
+        &m.aggregate_type,
+        &m.aggregate_id,
+        &m.payload,
+        &m.headers,
+    ]
+}
+
+fn op_to_wit(op: Op) -> wit::Op {
+    match op {
+        Op::Insert => wit::Op::Insert,
+        Op::Update => wit::Op::Update,
+        Op::Delete => wit::Op::Delete,
+        Op::Truncate => wit::Op::Truncate,
+        Op::Event => wit::Op::Event,
+    }
 }
 
 /// A range of [`Texts::buf`].
@@ -133,44 +254,15 @@ struct Texts {
 }
 
 impl Texts {
-    fn push_display(&mut self, v: &dyn std::fmt::Display) -> Span {
-        use std::fmt::Write;
-        let start = self.buf.len();
-        write!(self.buf, "{v}").expect("writing to a String");
-        (start, self.buf.len())
-    }
-
     #[inline]
     fn push_array(&mut self, v: &Value) {
         if let Value::Array(_) = v {
-            self.push_json(v);
+            let start = self.buf.len();
+            let json = serde_json::to_string(v).expect("an array value always encodes as JSON");
+            self.buf.push_str(&json);
+            self.arrays.push((start, self.buf.len()));
         }
     }
-
-    fn push_json(&mut self, v: &Value) {
-        let start = self.buf.len();
-        let json = serde_json::to_string(v).expect("an array value always encodes as JSON");
-        self.buf.push_str(&json);
-        self.arrays.push((start, self.buf.len()));
-    }
-}
-
-/// Append `row`'s columns to `columns`; their range there.
-fn row_params<'a>(
-    row: &'a Option<Row>,
-    texts: &'a str,
-    arrays: &mut std::slice::Iter<'_, Span>,
-    columns: &mut Vec<wit::ColumnParam<'a>>,
-) -> Option<std::ops::Range<usize>> {
-    let row = row.as_ref()?;
-    let start = columns.len();
-    for c in &row.0 {
-        columns.push(wit::ColumnParam {
-            name: &c.name,
-            value: value_param(&c.value, texts, arrays),
-        });
-    }
-    Some(start..columns.len())
 }
 
 fn value_param<'a>(
@@ -196,8 +288,20 @@ fn value_param<'a>(
     }
 }
 
-/// An event the guest returned for `input`. The error says what is wrong with it.
-pub(crate) fn from_wit(w: wit::EventResult, input: &Event) -> Result<Event, String> {
+/// The events the guest returned for `input` (an `events` outcome), read against the
+/// batch's `names` (extended with the output's). The error says what is wrong.
+pub(crate) fn outcome_events(
+    events: Vec<wit::EventResult>,
+    input: &Event,
+    names: &Names,
+) -> Result<Vec<Arc<Event>>, String> {
+    events
+        .into_iter()
+        .map(|w| from_wit(w, input, names).map(Arc::new))
+        .collect()
+}
+
+fn from_wit(w: wit::EventResult, input: &Event, names: &Names) -> Result<Event, String> {
     let op = match w.op {
         wit::Op::Insert => Op::Insert,
         wit::Op::Update => Op::Update,
@@ -206,35 +310,35 @@ pub(crate) fn from_wit(w: wit::EventResult, input: &Event) -> Result<Event, Stri
         wit::Op::Event => Op::Event,
     };
     let s = w.source;
-    let was = &input.source;
+    let (schema, table) = match s.table {
+        Some(i) => {
+            let (schema, table) = names.table_at(i, "source.table")?;
+            (Some(schema.clone()), Some(table.clone()))
+        }
+        None => (None, None),
+    };
     let source = Source {
-        pipeline: reuse(&was.pipeline, s.pipeline),
-        schema: s.schema.map(|t| reuse_opt(&was.schema, t)),
-        table: s.table.map(|t| reuse_opt(&was.table, t)),
-        lsn: lsn("source.lsn", &s.lsn)?,
-        commit_lsn: lsn("source.commit_lsn", &s.commit_lsn)?,
+        pipeline: input.source.pipeline.clone(),
+        schema,
+        table,
+        lsn: Lsn(s.lsn),
+        commit_lsn: Lsn(s.commit_lsn),
         xid: s.xid,
-        ts_micros: parse_timestamp_micros(&s.ts).ok_or_else(|| {
-            format!(
-                "source.ts: `{}` is not an ISO 8601 UTC time like 2026-11-22T06:00:00.123456Z",
-                s.ts
-            )
-        })?,
+        ts_micros: s.ts,
     };
     let mut event = Event::new(input.position, op, source);
-    event.key = w
-        .key
-        .map(|r| row_from_wit(r, input.key.as_ref(), "key"))
-        .transpose()?;
+    event.key = w.key.map(|r| row_from_wit(r, names, "key")).transpose()?;
     event.before = w
         .before
-        .map(|r| row_from_wit(r, input.before.as_ref(), "before"))
+        .map(|r| row_from_wit(r, names, "before"))
         .transpose()?;
     event.after = w
         .after
-        .map(|r| row_from_wit(r, input.after.as_ref(), "after"))
+        .map(|r| row_from_wit(r, names, "after"))
         .transpose()?;
-    event.unchanged = w.unchanged.into_iter().map(Arc::from).collect();
+    if let Some(i) = w.unchanged {
+        event.unchanged = names.columns_at(i, "unchanged")?.to_vec();
+    }
     event.message = match w.message {
         Some(m) => Some(Message {
             id: value_from_wit(m.id, "message.id")?,
@@ -256,47 +360,26 @@ pub(crate) fn from_wit(w: wit::EventResult, input: &Event) -> Result<Event, Stri
     Ok(event)
 }
 
-/// Column names and source texts usually come back unchanged: share the input's `Arc`.
-fn reuse(was: &Arc<str>, now: String) -> Arc<str> {
-    if **was == *now {
-        was.clone()
-    } else {
-        now.into()
+fn row_from_wit(w: wit::RowResult, names: &Names, row: &str) -> Result<Row, String> {
+    let list = names.columns_at(w.columns, row)?;
+    if list.len() != w.values.len() {
+        return Err(format!(
+            "{row}: {} values for the {} names of column list {}",
+            w.values.len(),
+            list.len(),
+            w.columns
+        ));
     }
-}
-
-fn reuse_opt(was: &Option<Arc<str>>, now: String) -> Arc<str> {
-    match was {
-        Some(was) => reuse(was, now),
-        None => now.into(),
-    }
-}
-
-fn lsn(field: &str, text: &str) -> Result<Lsn, String> {
-    text.parse()
-        .map_err(|_| format!("{field}: `{text}` is not an LSN like 0/1A2B3C4"))
-}
-
-fn row_from_wit(
-    columns: Vec<wit::ColumnResult>,
-    was: Option<&Row>,
-    row: &str,
-) -> Result<Row, String> {
-    let was = was.map(|r| r.0.as_slice()).unwrap_or(&[]);
-    let mut out = Vec::with_capacity(columns.len());
-    for (i, c) in columns.into_iter().enumerate() {
-        let name = match was.get(i) {
-            Some(old) if *old.name == *c.name => old.name.clone(),
-            _ => match was.iter().find(|old| *old.name == *c.name) {
-                Some(old) => old.name.clone(),
-                None => Arc::from(c.name.as_str()),
-            },
-        };
-        let value = match c.value {
+    let mut out = Vec::with_capacity(list.len());
+    for (name, value) in list.iter().zip(w.values) {
+        let value = match value {
             wit::ValueResult::Json(text) => json(text).map_err(|e| format!("{row}.{name}: {e}"))?,
             other => value_from_wit(other, "")?,
         };
-        out.push(Column { name, value });
+        out.push(Column {
+            name: name.clone(),
+            value,
+        });
     }
     Ok(Row(out))
 }
@@ -359,63 +442,12 @@ mod tests {
         e
     }
 
-    /// What the guest would get and give back unchanged.
-    fn echo(events: &[Arc<Event>]) -> Vec<wit::EventResult> {
-        let value = |v: &wit::ValueParam<'_>| match *v {
-            wit::ValueParam::Null => wit::ValueResult::Null,
-            wit::ValueParam::Boolean(b) => wit::ValueResult::Boolean(b),
-            wit::ValueParam::Int(i) => wit::ValueResult::Int(i),
-            wit::ValueParam::Float(f) => wit::ValueResult::Float(f),
-            wit::ValueParam::Text(t) => wit::ValueResult::Text(t.into()),
-            wit::ValueParam::Json(t) => wit::ValueResult::Json(t.into()),
-            wit::ValueParam::Bytes(b) => wit::ValueResult::Bytes(b.into()),
-        };
-        let row = |r: Option<&[wit::ColumnParam<'_>]>| {
-            r.map(|r| {
-                r.iter()
-                    .map(|c| wit::ColumnResult {
-                        name: c.name.into(),
-                        value: value(&c.value),
-                    })
-                    .collect()
-            })
-        };
-        with_params(events, |params| {
-            params
-                .iter()
-                .map(|p| wit::EventResult {
-                    id: p.id.into(),
-                    op: p.op,
-                    source: wit::SourceResult {
-                        pipeline: p.source.pipeline.into(),
-                        schema: p.source.schema.map(Into::into),
-                        table: p.source.table.map(Into::into),
-                        lsn: p.source.lsn.into(),
-                        commit_lsn: p.source.commit_lsn.into(),
-                        xid: p.source.xid,
-                        ts: p.source.ts.into(),
-                    },
-                    key: row(p.key),
-                    before: row(p.before),
-                    after: row(p.after),
-                    unchanged: p.unchanged.iter().map(|c| c.to_string()).collect(),
-                    message: p.message.as_ref().map(|m| wit::MessageResult {
-                        id: value(&m.id),
-                        kind: value(&m.kind),
-                        aggregate_type: value(&m.aggregate_type),
-                        aggregate_id: value(&m.aggregate_id),
-                        payload: value(&m.payload),
-                        headers: value(&m.headers),
-                    }),
-                })
-                .collect()
-        })
-    }
-
     fn message(i: u32) -> Arc<Event> {
         let mut e = sample();
         e.position = Position::new(Lsn(0x1A2B3C4), i);
         e.op = Op::Event;
+        e.source.schema = None;
+        e.source.table = None;
         e.source.ts_micros += i64::from(i);
         e.key = None;
         e.before = None;
@@ -432,85 +464,184 @@ mod tests {
         Arc::new(e)
     }
 
+    /// What a guest would give back unchanged for `p`.
+    fn echo(p: &wit::EventParam<'_>) -> wit::EventResult {
+        let value = |v: &wit::ValueParam<'_>| match *v {
+            wit::ValueParam::Null => wit::ValueResult::Null,
+            wit::ValueParam::Boolean(b) => wit::ValueResult::Boolean(b),
+            wit::ValueParam::Int(i) => wit::ValueResult::Int(i),
+            wit::ValueParam::Float(f) => wit::ValueResult::Float(f),
+            wit::ValueParam::Text(t) => wit::ValueResult::Text(t.into()),
+            wit::ValueParam::Json(t) => wit::ValueResult::Json(t.into()),
+            wit::ValueParam::Bytes(b) => wit::ValueResult::Bytes(b.into()),
+        };
+        let row = |r: &Option<wit::RowParam<'_>>| {
+            r.as_ref().map(|r| wit::RowResult {
+                columns: r.columns,
+                values: r.values.iter().map(value).collect(),
+            })
+        };
+        wit::EventResult {
+            index: p.index,
+            op: p.op,
+            source: p.source,
+            key: row(&p.key),
+            before: row(&p.before),
+            after: row(&p.after),
+            unchanged: p.unchanged,
+            message: p.message.as_ref().map(|m| wit::MessageResult {
+                id: value(&m.id),
+                kind: value(&m.kind),
+                aggregate_type: value(&m.aggregate_type),
+                aggregate_id: value(&m.aggregate_id),
+                payload: value(&m.payload),
+                headers: value(&m.headers),
+            }),
+        }
+    }
+
+    /// Run `edit` on what an echoing guest returns for `events`, then read it back.
+    fn round_trip(
+        events: &[Arc<Event>],
+        edit: impl FnOnce(&mut Vec<wit::EventResult>) -> (Vec<wit::TableResult>, Vec<Vec<String>>),
+    ) -> Vec<Result<Event, String>> {
+        with_batch(events, |batch, names| {
+            let mut out: Vec<_> = batch.events.iter().map(echo).collect();
+            let (tables, columns) = edit(&mut out);
+            names.extend(tables, columns);
+            out.into_iter()
+                .zip(events)
+                .map(|(w, input)| from_wit(w, input, names))
+                .collect()
+        })
+    }
+
     #[test]
-    fn a_round_trip_keeps_the_envelope() {
+    fn a_batch_names_each_table_and_column_list_once() {
+        let mut other = sample();
+        other.source.table = Some("customers".into());
+        let events = [
+            Arc::new(sample()),
+            Arc::new(sample()),
+            Arc::new(other),
+            message(8),
+        ];
+        with_batch(&events, |batch, _| {
+            assert_eq!(batch.pipeline, "orders");
+            let tables: Vec<_> = batch.tables.iter().map(|t| (t.schema, t.name)).collect();
+            assert_eq!(tables, [("public", "orders"), ("public", "customers")]);
+            // key, before, after and unchanged: the same four lists for all three rows.
+            assert_eq!(batch.columns.len(), 4);
+            assert_eq!(batch.columns[0], ["id"]);
+            assert_eq!(batch.columns[3], ["big"]);
+            let e = &batch.events[2];
+            assert_eq!(e.source.table, Some(1));
+            assert_eq!(e.after.as_ref().map(|r| r.columns), Some(2));
+            assert_eq!(e.after.as_ref().map(|r| r.values.len()), Some(9));
+            assert_eq!(e.unchanged, Some(3));
+            assert_eq!(
+                (e.index, e.source.lsn, e.source.xid),
+                (7, 0x1A2B3A0, Some(1234))
+            );
+            assert_eq!(batch.events[3].source.table, None);
+        });
+    }
+
+    #[test]
+    fn a_round_trip_keeps_the_envelope_and_shares_names() {
         let inputs = [Arc::new(sample()), message(8), message(9)];
-        for (back, e) in echo(&inputs).into_iter().zip(&inputs) {
-            let back = from_wit(back, e).unwrap();
+        let back = round_trip(&inputs, |_| (vec![], vec![]));
+        for (back, e) in back.into_iter().zip(&inputs) {
+            let back = back.unwrap();
             let a: serde_json::Value = serde_json::from_slice(e.json()).unwrap();
             let b: serde_json::Value = serde_json::from_slice(back.json()).unwrap();
             assert_eq!(a, b);
             assert!(Arc::ptr_eq(&back.source.pipeline, &e.source.pipeline));
         }
-        let back = from_wit(echo(&inputs[..1]).remove(0), &inputs[0]).unwrap();
-        // Arrays come back as JSON text, the rest as it was.
+        let back = round_trip(&inputs[..1], |_| (vec![], vec![]))
+            .remove(0)
+            .unwrap();
         let after = back.after.as_ref().unwrap();
+        let was = inputs[0].after.as_ref().unwrap();
+        assert!(Arc::ptr_eq(&after.0[1].name, &was.0[1].name));
+        // Arrays come back as JSON text, the rest as it was.
         assert!(matches!(after.get("tags"), Some(Value::Json(j)) if j.get() == r#"["a",1]"#));
-        assert_eq!(
-            after.get("status"),
-            inputs[0].after.as_ref().unwrap().get("status")
-        );
+        assert_eq!(after.get("status"), was.get("status"));
         assert_eq!(after.get("nan"), Some(&Value::Text("NaN".into())));
+        assert_eq!(back.unchanged, inputs[0].unchanged);
     }
 
     #[test]
-    fn outputs_keep_the_input_position_whatever_their_id() {
+    fn outputs_keep_the_input_position_and_may_declare_names() {
         let e = Arc::new(sample());
-        let mut w = echo(std::slice::from_ref(&e)).remove(0);
-        w.id = "9/9:9".into();
-        w.source.table = Some("orders_archive".into());
-        let out = from_wit(w, &e).unwrap();
+        let out = round_trip(std::slice::from_ref(&e), |out| {
+            let w = &mut out[0];
+            w.index = 99;
+            // The batch has one table and four column lists: these become 1 and 4.
+            w.source.table = Some(1);
+            w.after = Some(wit::RowResult {
+                columns: 4,
+                values: vec![
+                    wit::ValueResult::Int(42),
+                    wit::ValueResult::Text("x".into()),
+                ],
+            });
+            let archive = wit::TableResult {
+                schema: "public".into(),
+                name: "orders_archive".into(),
+            };
+            (vec![archive], vec![vec!["id".into(), "note".into()]])
+        })
+        .remove(0)
+        .unwrap();
         assert_eq!(out.position, e.position);
         assert_eq!(out.id(), e.id());
         assert_eq!(out.source.table.as_deref(), Some("orders_archive"));
+        assert!(Arc::ptr_eq(
+            out.source.schema.as_ref().unwrap(),
+            e.source.schema.as_ref().unwrap()
+        ));
+        let after = out.after.unwrap();
+        assert_eq!(after.get("note"), Some(&Value::Text("x".into())));
+        // A declared name equal to an input name shares its `Arc`.
+        assert!(Arc::ptr_eq(
+            &after.0[0].name,
+            &e.key.as_ref().unwrap().0[0].name
+        ));
     }
 
     #[test]
     fn invalid_outputs_say_what_is_wrong() {
         let e = Arc::new(sample());
-        let one = || echo(std::slice::from_ref(&e)).remove(0);
-        let mut w = one();
-        w.after.as_mut().unwrap()[1].value = wit::ValueResult::Json("{nope".into());
-        let err = from_wit(w, &e).unwrap_err();
+        let fail = |edit: fn(&mut wit::EventResult)| {
+            round_trip(std::slice::from_ref(&e), |out| {
+                edit(&mut out[0]);
+                (vec![], vec![])
+            })
+            .remove(0)
+            .unwrap_err()
+        };
+        let err =
+            fail(|w| w.after.as_mut().unwrap().values[1] = wit::ValueResult::Json("{nope".into()));
         assert!(
             err.starts_with("after.status: a `json` value that is not JSON"),
             "{err}"
         );
-
-        let mut w = one();
-        w.source.lsn = "12".into();
-        assert!(from_wit(w, &e).unwrap_err().starts_with("source.lsn"));
-
-        let mut w = one();
-        w.op = wit::Op::Event;
+        let err = fail(|w| w.after.as_mut().unwrap().columns = 9);
         assert_eq!(
-            from_wit(w, &e).unwrap_err(),
-            "op is `event` but `message` is none"
+            err,
+            "after: column list 9, but the batch and the output have 4"
         );
-    }
-
-    #[test]
-    fn timestamps_parse_back_what_the_envelope_writes() {
-        for micros in [0, -1, 1_795_327_200_123_456, 951_782_400_000_000] {
-            assert_eq!(
-                parse_timestamp_micros(&format_timestamp_micros(micros)),
-                Some(micros)
-            );
-        }
+        let err = fail(|w| {
+            w.after.as_mut().unwrap().values.pop();
+        });
+        assert_eq!(err, "after: 8 values for the 9 names of column list 2");
+        let err = fail(|w| w.source.table = Some(3));
         assert_eq!(
-            parse_timestamp_micros("1970-01-01T00:00:01Z"),
-            Some(1_000_000)
+            err,
+            "source.table: table 3, but the batch and the output name 1 tables"
         );
-        assert_eq!(
-            parse_timestamp_micros("1970-01-01T00:00:00.5Z"),
-            Some(500_000)
-        );
-        assert_eq!(
-            parse_timestamp_micros("1970-01-01T00:00:00.123456789Z"),
-            Some(123_456)
-        );
-        assert_eq!(parse_timestamp_micros("1970-13-01T00:00:00Z"), None);
-        assert_eq!(parse_timestamp_micros("1970-01-01T00:00:00.x1Z"), None);
-        assert_eq!(parse_timestamp_micros("yesterday"), None);
+        let err = fail(|w| w.op = wit::Op::Event);
+        assert_eq!(err, "op is `event` but `message` is none");
     }
 }

@@ -135,10 +135,9 @@ fn drop_map_and_fan_out_keep_positions() {
     assert_eq!(out.len(), 3);
     let mapped = out[0].as_ref().unwrap();
     assert_eq!(mapped.len(), 1);
-    assert_eq!(
-        json(&mapped[0]),
-        json(&inputs[0]),
-        "an unchanged event reads the same"
+    assert!(
+        Arc::ptr_eq(&mapped[0], &inputs[0]),
+        "a status it does not route is kept: the same event, not a copy"
     );
     assert!(out[1].as_ref().unwrap().is_empty(), "draft is dropped");
     let split = out[2].as_ref().unwrap();
@@ -512,4 +511,49 @@ fn inside_a_tokio_runtime_apply_still_works() {
     let out = rt.block_on(async { t.apply(&[mode(2, "stderr"), mode(3, "panic")]) });
     assert!(out[0].is_ok());
     assert_eq!(out[1].as_ref().unwrap_err().kind, TransformErrorKind::Trap);
+}
+
+#[test]
+fn a_python_guest_tags_rows_and_keeps_what_it_does_not_change() {
+    let mut t = load("python_tag", &[("value", "py")]);
+    let mut delete = order(1, "paid", "b@x").as_ref().clone();
+    delete.op = Op::Delete;
+    delete.before = delete.after.take();
+    let inputs = [
+        order(0, "new", "a@x"),
+        Arc::new(delete),
+        order(2, "paid", "c@x"),
+    ];
+    let out = t.apply(&inputs);
+    for i in [0, 2] {
+        let tagged = &out[i].as_ref().unwrap()[0];
+        assert_eq!(text(tagged, "tagged_by"), Some("py"));
+        assert_eq!(text(tagged, "email"), text(&inputs[i], "email"));
+        assert_eq!(tagged.position, inputs[i].position);
+    }
+    let names: Vec<&str> = out[2].as_ref().unwrap()[0]
+        .after
+        .as_ref()
+        .unwrap()
+        .0
+        .iter()
+        .map(|c| &*c.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["id", "status", "email", "total", "tags", "tagged_by"]
+    );
+    assert!(
+        Arc::ptr_eq(&out[1].as_ref().unwrap()[0], &inputs[1]),
+        "no after: kept"
+    );
+
+    let err = host()
+        .load(&spec("python_tag", &[("value", "")]))
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("`value` must not be empty"),
+        "{err}"
+    );
 }

@@ -8,10 +8,11 @@ use sluice_runtime::Event;
 use wasmtime::{Engine, Store, Trap};
 use wasmtime_wasi::I32Exit;
 
-use crate::bindings::sluice::transform::types::EventParam;
-use crate::bindings::{Outcome, Transformer, TransformerPre};
+use crate::bindings::sluice::transform::types::{Batch, Outcome, Output};
+use crate::bindings::{Transformer, TransformerPre};
 use crate::cache::Origin;
 use crate::convert;
+use crate::convert::Names;
 use crate::error::{LoadError, TransformError, TransformErrorKind};
 use crate::host::{Ticker, TICK};
 use crate::sandbox::Sandbox;
@@ -117,35 +118,25 @@ impl Transform {
     /// Blocks the calling thread. Prefer a blocking context (`spawn_blocking`); called from
     /// a multi-threaded Tokio runtime it moves to `block_in_place` itself (WASI's host
     /// calls block on a runtime of their own).
-    pub fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, TransformError>> {
+    pub fn apply(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Arc<Event>>, TransformError>> {
         if events.is_empty() {
             return Vec::new();
         }
         outside_async(|| self.apply_blocking(events))
     }
 
-    fn apply_blocking(&mut self, events: &[Arc<Event>]) -> Vec<Result<Vec<Event>, TransformError>> {
+    fn apply_blocking(
+        &mut self,
+        events: &[Arc<Event>],
+    ) -> Vec<Result<Vec<Arc<Event>>, TransformError>> {
         if let Err(e) = self.ensure_live() {
             return vec![Err(e); events.len()];
         }
-        convert::with_params(events, |batch| match self.call(batch) {
-            Ok(outcomes) if outcomes.len() == events.len() => outcomes
-                .into_iter()
-                .zip(events)
-                .map(|(o, input)| lift(o, input))
-                .collect(),
-            Ok(outcomes) => {
-                let e = TransformError::new(
-                    TransformErrorKind::Error,
-                    format!(
-                        "the transform returned {} outcomes for a batch of {} events \
-                         (it must return exactly one per event)",
-                        outcomes.len(),
-                        events.len()
-                    ),
-                );
-                vec![Err(e); events.len()]
-            }
+        let answered = convert::with_batch(events, |batch, names| {
+            self.call(batch).map(|output| read(output, events, names))
+        });
+        match answered {
+            Ok(results) => results,
             Err(e) if events.len() == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::warn!(
@@ -155,29 +146,18 @@ impl Transform {
                     events.len(),
                     e.message
                 );
-                batch
-                    .iter()
-                    .zip(events)
-                    .map(|(one, input)| self.apply_one(one, input))
-                    .collect()
+                events.iter().map(|input| self.apply_one(input)).collect()
             }
-        })
+        }
     }
 
-    fn apply_one(
-        &mut self,
-        event: &EventParam<'_>,
-        input: &Event,
-    ) -> Result<Vec<Event>, TransformError> {
+    fn apply_one(&mut self, input: &Arc<Event>) -> Result<Vec<Arc<Event>>, TransformError> {
         self.ensure_live()?;
-        let mut outcomes = self.call(std::slice::from_ref(event))?;
-        match (outcomes.pop(), outcomes.is_empty()) {
-            (Some(o), true) => lift(o, input),
-            _ => Err(TransformError::new(
-                TransformErrorKind::Error,
-                "the transform did not return exactly one outcome for one event",
-            )),
-        }
+        let one = std::slice::from_ref(input);
+        let mut results = convert::with_batch(one, |batch, names| {
+            self.call(batch).map(|output| read(output, one, names))
+        })?;
+        results.pop().expect("one result for one event")
     }
 
     /// Start an instance if the last one died.
@@ -198,14 +178,14 @@ impl Transform {
     }
 
     /// One guest call on the live instance, under the deadline. A failure kills the instance.
-    fn call(&mut self, events: &[EventParam<'_>]) -> Result<Vec<Outcome>, TransformError> {
+    fn call(&mut self, batch: Batch<'_>) -> Result<Output, TransformError> {
         let live = self.live.as_mut().expect("a live instance");
         live.store.data_mut().limits.memory_refused = false;
         live.store.set_epoch_deadline(ticks(self.timeout));
-        let result = live.guest.call_transform(&mut live.store, events);
+        let result = live.guest.call_transform(&mut live.store, batch);
         let stderr = live.store.data_mut().forward_output();
         match result {
-            Ok(outcomes) => Ok(outcomes),
+            Ok(output) => Ok(output),
             Err(e) => {
                 let refused = live.store.data().limits.memory_refused;
                 self.live = None;
@@ -290,20 +270,41 @@ enum Start {
     InitTrap(TransformError),
 }
 
-fn lift(outcome: Outcome, input: &Event) -> Result<Vec<Event>, TransformError> {
-    match outcome {
-        Outcome::Events(events) => events
-            .into_iter()
-            .map(|w| convert::from_wit(w, input))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|problem| {
+/// One result per input event from the guest's `output`, or the same error for every event
+/// when the guest answered a different number of outcomes.
+fn read(
+    output: Output,
+    events: &[Arc<Event>],
+    names: &mut Names,
+) -> Vec<Result<Vec<Arc<Event>>, TransformError>> {
+    if output.outcomes.len() != events.len() {
+        let e = TransformError::new(
+            TransformErrorKind::Error,
+            format!(
+                "the transform returned {} outcomes for a batch of {} events \
+                 (it must return exactly one per event)",
+                output.outcomes.len(),
+                events.len()
+            ),
+        );
+        return vec![Err(e); events.len()];
+    }
+    names.extend(output.tables, output.columns);
+    output
+        .outcomes
+        .into_iter()
+        .zip(events)
+        .map(|(outcome, input)| match outcome {
+            Outcome::Keep => Ok(vec![input.clone()]),
+            Outcome::Events(out) => convert::outcome_events(out, input, names).map_err(|problem| {
                 TransformError::new(
                     TransformErrorKind::Error,
                     format!("the transform returned an invalid event: {problem}"),
                 )
             }),
-        Outcome::Error(message) => Err(TransformError::new(TransformErrorKind::Error, message)),
-    }
+            Outcome::Error(message) => Err(TransformError::new(TransformErrorKind::Error, message)),
+        })
+        .collect()
 }
 
 /// The epoch deadline for a call of at most `timeout`: rounded up, plus the tick in

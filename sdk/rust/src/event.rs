@@ -1,11 +1,182 @@
-//! Helpers on the envelope types: reading and changing an event's rows and values.
+//! The envelope as a transform sees it: [`Event`] with named rows ([`Column`]s), and helpers
+//! for reading and changing rows and values.
 //!
-//! The types themselves are generated from the WIT world and keep their public fields, so
-//! `event.after`, `event.source.table` and friends stay available; these methods cover the
-//! common cases without matching on options.
+//! The world sends rows positionally, each batch naming its tables and column lists once
+//! (see `wit/README.md`); the SDK puts the names back. A [`Name`] is shared, not copied: the
+//! columns of every row in a batch point at the same names, and a row returned with the
+//! names it came with crosses back without them.
 
-pub use crate::bindings::sluice::transform::types::Event;
-use crate::bindings::sluice::transform::types::{Column, Op, Source, Value};
+use std::fmt;
+use std::ops::Deref;
+use std::rc::Rc;
+
+pub use crate::bindings::sluice::transform::types::{Message, Op, Value};
+
+/// A column, schema or table name: an immutable string that is cheap to clone. Compares
+/// with `&str` and `String`, and dereferences to `str`.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(Rc<str>);
+
+impl Name {
+    /// The name as a `&str`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `self` and `other` are the same allocation (then they are equal, cheaply).
+    pub(crate) fn same(&self, other: &Name) -> bool {
+        Rc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+impl Deref for Name {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Name {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for Name {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for Name {
+    fn from(s: &str) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<String> for Name {
+    fn from(s: String) -> Name {
+        Name(s.into())
+    }
+}
+
+impl From<&String> for Name {
+    fn from(s: &String) -> Name {
+        Name(s.as_str().into())
+    }
+}
+
+impl PartialEq<str> for Name {
+    fn eq(&self, other: &str) -> bool {
+        &*self.0 == other
+    }
+}
+
+impl PartialEq<&str> for Name {
+    fn eq(&self, other: &&str) -> bool {
+        &*self.0 == *other
+    }
+}
+
+impl PartialEq<String> for Name {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<Name> for &str {
+    fn eq(&self, other: &Name) -> bool {
+        *self == &*other.0
+    }
+}
+
+impl PartialEq<Name> for String {
+    fn eq(&self, other: &Name) -> bool {
+        **self == *other.0
+    }
+}
+
+/// One named value of a row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Column {
+    /// The column's name.
+    pub name: Name,
+    /// Its value.
+    pub value: Value,
+}
+
+impl Column {
+    /// A column named `name` holding `value`.
+    pub fn new(name: impl Into<Name>, value: impl Into<Value>) -> Column {
+        Column {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+}
+
+/// A WAL position. Displays as PostgreSQL's `X/Y` (hex halves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+/// Where an event came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    /// The pipeline's name.
+    pub pipeline: Name,
+    /// The schema of the change's table; `None` for a logical message.
+    pub schema: Option<Name>,
+    /// The change's table; `None` for a logical message.
+    pub table: Option<Name>,
+    /// The change's position in the WAL.
+    pub lsn: Lsn,
+    /// The position of its transaction's commit.
+    pub commit_lsn: Lsn,
+    /// `None` for a non-transactional logical message.
+    pub xid: Option<u32>,
+    /// Commit time: microseconds since 1970-01-01T00:00:00Z.
+    pub ts_micros: i64,
+}
+
+/// One change event: the envelope of the spec ("The event envelope"), with named rows.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    /// The event's index in its transaction; [`Event::id`] is `<commit LSN>:<index>`.
+    /// Events you return keep their input's position in the stream whatever they carry.
+    pub index: u32,
+    /// What happened.
+    pub op: Op,
+    /// Where it came from.
+    pub source: Source,
+    /// The primary key (or replica identity) columns.
+    pub key: Option<Vec<Column>>,
+    /// The row before the change, as far as REPLICA IDENTITY gives it.
+    pub before: Option<Vec<Column>>,
+    /// The row after the change.
+    pub after: Option<Vec<Column>>,
+    /// TOASTed columns PostgreSQL did not resend: absent from `after`. Do not invent values.
+    pub unchanged: Vec<Name>,
+    /// The outbox row or logical message, exactly when `op` is [`Op::Event`].
+    pub message: Option<Message>,
+}
 
 /// Column access on a row (`key`, `before` or `after`): a list of named values in table order.
 ///
@@ -38,10 +209,7 @@ impl Row for Vec<Column> {
         let value = value.into();
         match self.get_mut(name) {
             Some(slot) => *slot = value,
-            None => self.push(Column {
-                name: name.to_string(),
-                value,
-            }),
+            None => self.push(Column::new(name, value)),
         }
     }
 
@@ -51,14 +219,11 @@ impl Row for Vec<Column> {
     }
 }
 
-impl Column {
-    /// A column named `name` holding `value`.
-    pub fn new(name: impl Into<String>, value: impl Into<Value>) -> Column {
-        Column {
-            name: name.into(),
-            value: value.into(),
-        }
-    }
+fn row<N: Into<Name>, V: Into<Value>>(columns: impl IntoIterator<Item = (N, V)>) -> Vec<Column> {
+    columns
+        .into_iter()
+        .map(|(n, v)| Column::new(n, v))
+        .collect()
 }
 
 impl Event {
@@ -66,16 +231,16 @@ impl Event {
     /// (the host builds the real ones). Add rows with [`Event::with_after`] and friends.
     pub fn new(op: Op, schema: &str, table: &str) -> Event {
         Event {
-            id: "0/0:0".to_string(),
+            index: 0,
             op,
             source: Source {
-                pipeline: "test".to_string(),
-                schema: Some(schema.to_string()),
-                table: Some(table.to_string()),
-                lsn: "0/0".to_string(),
-                commit_lsn: "0/0".to_string(),
+                pipeline: "test".into(),
+                schema: Some(schema.into()),
+                table: Some(table.into()),
+                lsn: Lsn(0),
+                commit_lsn: Lsn(0),
                 xid: None,
-                ts: "2000-01-01T00:00:00.000000Z".to_string(),
+                ts_micros: 946_684_800_000_000,
             },
             key: None,
             before: None,
@@ -86,49 +251,39 @@ impl Event {
     }
 
     /// This event with `after` set to these columns.
-    pub fn with_after<N: Into<String>, V: Into<Value>>(
+    pub fn with_after<N: Into<Name>, V: Into<Value>>(
         mut self,
         columns: impl IntoIterator<Item = (N, V)>,
     ) -> Event {
-        self.after = Some(
-            columns
-                .into_iter()
-                .map(|(n, v)| Column::new(n, v))
-                .collect(),
-        );
+        self.after = Some(row(columns));
         self
     }
 
     /// This event with `before` set to these columns.
-    pub fn with_before<N: Into<String>, V: Into<Value>>(
+    pub fn with_before<N: Into<Name>, V: Into<Value>>(
         mut self,
         columns: impl IntoIterator<Item = (N, V)>,
     ) -> Event {
-        self.before = Some(
-            columns
-                .into_iter()
-                .map(|(n, v)| Column::new(n, v))
-                .collect(),
-        );
+        self.before = Some(row(columns));
         self
     }
 
     /// This event with `key` set to these columns.
-    pub fn with_key<N: Into<String>, V: Into<Value>>(
+    pub fn with_key<N: Into<Name>, V: Into<Value>>(
         mut self,
         columns: impl IntoIterator<Item = (N, V)>,
     ) -> Event {
-        self.key = Some(
-            columns
-                .into_iter()
-                .map(|(n, v)| Column::new(n, v))
-                .collect(),
-        );
+        self.key = Some(row(columns));
         self
     }
 }
 
 impl Event {
+    /// The envelope's `id`: `<commit LSN>:<index>`, unique and ordered in the stream.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.source.commit_lsn, self.index)
+    }
+
     /// What happened: insert, update, delete, truncate or event (outbox row / message).
     pub fn op(&self) -> Op {
         self.op
@@ -394,16 +549,7 @@ mod tests {
     use super::*;
 
     fn row() -> Vec<Column> {
-        vec![
-            Column {
-                name: "id".into(),
-                value: Value::Int(1),
-            },
-            Column {
-                name: "email".into(),
-                value: Value::text("a@b.c"),
-            },
-        ]
+        vec![Column::new("id", 1), Column::new("email", "a@b.c")]
     }
 
     #[test]
@@ -416,6 +562,17 @@ mod tests {
         assert_eq!(r.last().map(|c| c.name.as_str()), Some("route"));
         assert_eq!(r.remove_column("id"), Some(Value::Int(1)));
         assert_eq!(r.get("id"), None);
+    }
+
+    #[test]
+    fn ids_and_lsns_read_as_postgres_writes_them() {
+        let mut e = Event::new(Op::Insert, "public", "orders");
+        e.source.commit_lsn = Lsn(0x1_6B37_48);
+        e.index = 3;
+        assert_eq!(e.id(), "0/16B3748:3");
+        assert_eq!(Lsn(0x2_0000_00FF).to_string(), "2/FF");
+        let name = Name::from("email");
+        assert!(name == "email" && "email" == name && name == String::from("email"));
     }
 
     #[test]

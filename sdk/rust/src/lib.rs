@@ -48,6 +48,7 @@ mod config;
 mod event;
 pub mod log;
 mod outcome;
+mod wire;
 
 /// The bindings generated from the WIT world. Reach for them only when the helpers in this
 /// crate are not enough; their types are re-exported at the crate root.
@@ -64,9 +65,9 @@ pub mod bindings {
     });
 }
 
-pub use bindings::sluice::transform::types::{Column, Message, Op, Outcome, Source, Value};
 pub use config::Config;
-pub use event::{Event, Row};
+pub use event::{Column, Event, Lsn, Message, Name, Op, Row, Source, Value};
+pub use outcome::Outcome;
 
 /// The log level of the `log` import, for [`log::log`].
 pub use bindings::sluice::transform::log::Level;
@@ -132,10 +133,8 @@ macro_rules! export {
                     INSTANCE.with(|slot| $crate::__private::init::<$ty>(slot, config))
                 }
 
-                fn transform(
-                    events: ::std::vec::Vec<$crate::Event>,
-                ) -> ::std::vec::Vec<$crate::Outcome> {
-                    INSTANCE.with(|slot| $crate::__private::transform::<$ty>(slot, events))
+                fn transform(batch: $crate::__private::Batch) -> $crate::__private::Output {
+                    INSTANCE.with(|slot| $crate::__private::transform::<$ty>(slot, batch))
                 }
             }
 
@@ -152,9 +151,10 @@ pub mod __private {
     use std::cell::RefCell;
 
     pub use crate::bindings::export_bindings;
+    pub use crate::bindings::sluice::transform::types::{Batch, Output};
     pub use crate::bindings::Guest;
 
-    use crate::{Config, Event, Outcome, Transform};
+    use crate::{wire, Config, Transform};
 
     pub fn init<T: Transform>(
         slot: &RefCell<Option<T>>,
@@ -167,11 +167,12 @@ pub mod __private {
         Ok(())
     }
 
-    pub fn transform<T: Transform>(slot: &RefCell<Option<T>>, events: Vec<Event>) -> Vec<Outcome> {
+    pub fn transform<T: Transform>(slot: &RefCell<Option<T>>, batch: Batch) -> Output {
         let mut slot = slot.borrow_mut();
         let Some(transform) = slot.as_mut() else {
             panic!("sluice-transform: `transform` called before a successful `init`");
         };
+        let (events, hints, names) = wire::read(batch);
         let expected = events.len();
         let outcomes = transform.transform_batch(events);
         // The host would reject a short or long answer for the whole batch; failing here
@@ -183,6 +184,6 @@ pub mod __private {
             outcomes.len(),
             expected
         );
-        outcomes
+        wire::write(outcomes, &hints, names)
     }
 }

@@ -1,11 +1,30 @@
 //! Constructors for [`Outcome`], the answer to one input event.
 
-use crate::bindings::sluice::transform::types::{Event, Outcome};
+use crate::Event;
+
+/// What became of one input event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// The input event, unchanged: nothing crosses back to the host, which passes on the
+    /// event it sent. The cheapest outcome; what a filter answers for what it lets through.
+    Keep,
+    /// Zero events (drop), one (map) or several (fan-out), in order, all at the input's
+    /// position in the stream.
+    Events(Vec<Event>),
+    /// The event cannot be transformed: it goes to the sink's DLQ with this message.
+    Error(String),
+}
 
 impl Outcome {
     /// Drop the event: no sink sees it, and its position still counts as done.
     pub fn drop() -> Outcome {
         Outcome::Events(Vec::new())
+    }
+
+    /// Pass the input event on unchanged (whatever was done to the `Event` value the
+    /// transform received). Cheaper than `Outcome::one(event)` with an unchanged event.
+    pub fn keep() -> Outcome {
+        Outcome::Keep
     }
 
     /// Map the event to `event` (usually the input, changed).
@@ -24,11 +43,11 @@ impl Outcome {
         Outcome::Error(message.into())
     }
 
-    /// The events of a drop, map or fan-out; `None` for an error.
+    /// The events of a drop, map or fan-out; `None` for keep and for an error.
     pub fn events(&self) -> Option<&[Event]> {
         match self {
             Outcome::Events(events) => Some(events),
-            Outcome::Error(_) => None,
+            Outcome::Keep | Outcome::Error(_) => None,
         }
     }
 

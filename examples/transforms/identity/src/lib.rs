@@ -1,5 +1,7 @@
-//! `identity`: returns every event unchanged. The benchmark uses it to measure what crossing
-//! into a transform costs (copying the batch in and out), with no work of its own.
+//! `identity`: returns every event it is given (`Outcome::one(event)`), as a map that changes
+//! nothing. The benchmark uses it to measure what a map costs with no work of its own: the
+//! batch crosses into the guest and every event crosses back. (`passthrough` answers
+//! `Outcome::keep()` instead, and nothing crosses back.)
 
 use sluice_transform::{Config, Event, Outcome, Transform};
 

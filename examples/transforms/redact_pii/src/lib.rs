@@ -39,21 +39,35 @@ impl Transform for RedactPii {
     }
 
     fn transform(&mut self, mut event: Event) -> Outcome {
+        let mut masked = false;
         for row in [event.before.as_mut(), event.after.as_mut()]
             .into_iter()
             .flatten()
         {
-            self.mask_row(row);
+            masked |= self.mask_row(row);
         }
-        Outcome::one(event)
+        if masked {
+            Outcome::one(event)
+        } else {
+            // Nothing to hide (no such column, or only NULLs): pass the event on as it came.
+            Outcome::keep()
+        }
     }
 }
 
 impl RedactPii {
-    fn mask_row(&self, row: &mut [Column]) {
-        for column in row.iter_mut().filter(|c| self.fields.contains(&c.name)) {
-            column.value = self.mask(&column.value);
+    /// Mask the configured columns of `row`; whether any value changed.
+    fn mask_row(&self, row: &mut [Column]) -> bool {
+        let mut masked = false;
+        for column in row
+            .iter_mut()
+            .filter(|c| self.fields.iter().any(|f| c.name == *f))
+        {
+            let value = self.mask(&column.value);
+            masked |= value != column.value;
+            column.value = value;
         }
+        masked
     }
 
     fn mask(&self, value: &Value) -> Value {
@@ -107,7 +121,8 @@ mod tests {
                 value: Value::text("bob@x"),
             },
         ];
-        r.mask_row(&mut row);
+        assert!(r.mask_row(&mut row));
+        assert!(!r.mask_row(&mut row[..1]));
         assert_eq!(row[0].value, Value::Int(1));
         assert_eq!(row[1].value, Value::text("b***"));
     }

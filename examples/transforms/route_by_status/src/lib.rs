@@ -41,7 +41,7 @@ impl Transform for RouteByStatus {
                 copy.set("route", Value::text(&self.route));
                 Outcome::many(vec![event, copy])
             }
-            _ => Outcome::one(event),
+            _ => Outcome::keep(),
         }
     }
 }
@@ -67,7 +67,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(t.transform(order("draft")), Outcome::drop());
-        assert_eq!(t.transform(order("new")), Outcome::one(order("new")));
+        assert_eq!(t.transform(order("new")), Outcome::keep());
         let Outcome::Events(out) = t.transform(order("paid")) else {
             panic!("error")
         };
@@ -75,6 +75,6 @@ mod tests {
         assert_eq!(out[0], order("paid"));
         assert_eq!(out[1].get_str("route"), Some("audit"));
         let delete = Event::new(Op::Delete, "public", "orders").with_before([("status", "draft")]);
-        assert_eq!(t.transform(delete.clone()), Outcome::one(delete));
+        assert_eq!(t.transform(delete), Outcome::keep());
     }
 }

@@ -53,10 +53,10 @@ pub fn test(args: TestArgs) -> Result<(), Failure> {
         let results = transform.apply(&inputs);
         for ((line, _), result) in batch.iter().zip(results) {
             match result {
-                Ok(outputs) => {
-                    for (k, mut event) in outputs.into_iter().enumerate() {
-                        // The extra events of a fan-out are numbered, as sinks see them.
-                        event.fanout = k as u32;
+                Ok(mut outputs) => {
+                    // The extra events of a fan-out are numbered, as sinks see them.
+                    sluice_runtime::chain::number(&mut outputs);
+                    for event in outputs {
                         out.write_all(event.json()).map_err(write_failed)?;
                         out.write_all(b"\n").map_err(write_failed)?;
                     }
