@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 target="${CARGO_TARGET_DIR:-$PWD/target}"
 cargo build --release -p sluice -p sluice-bench
-# The blackhole+wasm row runs a trivial transform: build the example components.
+# The blackhole-wasm and blackhole-keep rows run trivial transforms: build the examples.
 transforms="$(SLUICE_SKIP_PYTHON=1 bash scripts/build-transforms.sh | tail -n 1)"
 export SLUICE_BENCH_IDENTITY_WASM="$transforms/identity.wasm"
+export SLUICE_BENCH_PASSTHROUGH_WASM="$transforms/passthrough.wasm"
 SLUICE_BIN="$target/release/sluice" exec "$target/release/sluice-bench" "$@"

@@ -36,8 +36,10 @@ pub const SINKS: &[SinkRow] = &[
     SinkRow { name: "file",            sink: "{ type: file, path: \"$DIR/events.jsonl\" }",       needs: &[], throughput: true,  latency: false },
     SinkRow { name: "webhook",         sink: "{ type: webhook, url: \"$WEBHOOK\" }",              needs: &[], throughput: true,  latency: true },
     SinkRow { name: "webhook-batch",   sink: "{ type: webhook, url: \"$WEBHOOK\", batch: true }", needs: &[], throughput: true,  latency: true },
-    // The cost of the WebAssembly host: blackhole behind a trivial (identity) transform.
+    // The cost of the WebAssembly host: blackhole behind a trivial transform, one that maps
+    // each event to itself (identity: every event crosses back) and one that keeps it.
     SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
+    SinkRow { name: "blackhole-keep",  sink: "{ type: blackhole, transforms: [ { name: passthrough, wasm: \"${SLUICE_BENCH_PASSTHROUGH_WASM}\" } ] }", needs: &["SLUICE_BENCH_PASSTHROUGH_WASM"], throughput: true, latency: false },
     // SinkRow { name: "redis", sink: "{ type: redis, url: \"${REDIS_URL}\", key: \"{table}:{key}\" }", needs: &["REDIS_URL"], throughput: true, latency: false },
 ];
 

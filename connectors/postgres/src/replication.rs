@@ -291,6 +291,7 @@ impl ReplicationConnection {
             ReplicationStream {
                 read,
                 buf: self.buf,
+                paced: false,
             },
             StatusWriter { write },
         ))
@@ -339,10 +340,44 @@ async fn next_message<R: AsyncReadExt + Unpin>(
     }
 }
 
+/// While the server streams, the socket wakes us only once this much has arrived...
+const PACED_LOW_WATER: usize = 32 * 1024;
+/// ...or this much time has passed since we last read.
+const PACE: Duration = Duration::from_millis(1);
+
+/// Set the socket's `SO_RCVLOWAT`; whether it took (a failure only costs wake-ups).
+fn set_low_water(read: &OwnedReadHalf, bytes: usize) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = AsRef::<TcpStream>::as_ref(read).as_raw_fd();
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket for the duration of the call, and `value` is a
+    // c_int as SO_RCVLOWAT expects, passed with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    rc == 0
+}
+
 /// The reading half of a started replication stream.
+///
+/// **Paced reads.** The walsender writes one small message per `send`. A reader woken for
+/// each one costs the server a wake-up per message, on the walsender's CPU, and the
+/// walsender is what limits throughput (BENCHMARKS.md). So while data flows the socket's
+/// `SO_RCVLOWAT` is raised: the kernel wakes us when [`PACED_LOW_WATER`] bytes are waiting,
+/// and a timer reads whatever is there after [`PACE`] otherwise. A wait that finds nothing
+/// drops back to waking on any byte, so an idle stream costs no timer and the first change
+/// after a pause is read at once. Latency added while busy: at most [`PACE`].
 pub struct ReplicationStream {
     read: OwnedReadHalf,
     buf: BytesMut,
+    /// Whether `SO_RCVLOWAT` is raised.
+    paced: bool,
 }
 
 impl ReplicationStream {
@@ -350,13 +385,45 @@ impl ReplicationStream {
     /// shutting down); the caller reconnects.
     pub async fn next(&mut self) -> Result<Option<ReplicationMessage>, ReplicationError> {
         loop {
-            match next_message(&mut self.read, &mut self.buf).await? {
+            let message = loop {
+                if let Some(message) = Message::parse(&mut self.buf)? {
+                    break message;
+                }
+                self.buf.reserve(256 * 1024);
+                if self.fill().await? == 0 {
+                    return Err(ReplicationError::Io(io::ErrorKind::UnexpectedEof.into()));
+                }
+            };
+            match message {
                 Message::CopyData(body) => return parse_copy_data(body.into_bytes()).map(Some),
                 Message::ErrorResponse(body) => return Err(server_error(body)),
                 Message::NoticeResponse(_) | Message::ParameterStatus(_) => {}
                 // CopyDone, CommandComplete, ReadyForQuery: the server ended the stream
                 // (a shutdown or a restart).
                 _ => return Ok(None),
+            }
+        }
+    }
+
+    /// Read what the socket has into the buffer; 0 at end of stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        loop {
+            if !self.paced {
+                let n = self.read.read_buf(&mut self.buf).await?;
+                if n > 0 {
+                    self.paced = set_low_water(&self.read, PACED_LOW_WATER);
+                }
+                return Ok(n);
+            }
+            let _ = tokio::time::timeout(PACE, self.read.readable()).await;
+            match self.read.try_read_buf(&mut self.buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nothing for a whole pace: idle. Wake on the next byte again.
+                    set_low_water(&self.read, 1);
+                    self.paced = false;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
