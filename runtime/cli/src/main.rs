@@ -12,12 +12,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-/// Events are many small allocations made on one thread and freed on another (source to
-/// sinks, host to guest and back); mimalloc handles that pattern with less work than
-/// glibc's allocator (BENCHMARKS.md, "Allocator").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "sluice",

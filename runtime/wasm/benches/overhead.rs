@@ -16,10 +16,6 @@ use std::time::{Duration, Instant};
 use sluice_runtime::{Event, Lsn, Op, Position, Row, Source, Value};
 use sluice_wasm::{TransformHost, TransformSpec};
 
-// As in the `sluice` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let events: usize = env("EVENTS", 200_000);
     let batch: usize = env("BATCH", 500);

@@ -33,6 +33,8 @@ pub struct Transform {
     engine: Engine,
     pre: TransformerPre<Sandbox>,
     live: Option<Live>,
+    /// Buffers for the views of a batch, reused from batch to batch.
+    scratch: convert::Scratch,
     /// Whether the compiled code came from the disk cache (the tests check it).
     #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) origin: Origin,
@@ -68,6 +70,7 @@ impl Transform {
             engine,
             pre,
             live: None,
+            scratch: convert::Scratch::default(),
             origin,
             _ticker: ticker,
         };
@@ -132,9 +135,11 @@ impl Transform {
         if let Err(e) = self.ensure_live() {
             return vec![Err(e); events.len()];
         }
-        let answered = convert::with_batch(events, |batch, names| {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        let answered = convert::with_batch(events, &mut scratch, |batch, names| {
             self.call(batch).map(|output| read(output, events, names))
         });
+        self.scratch = scratch;
         match answered {
             Ok(results) => results,
             Err(e) if events.len() == 1 => vec![Err(e)],
@@ -154,9 +159,10 @@ impl Transform {
     fn apply_one(&mut self, input: &Arc<Event>) -> Result<Vec<Arc<Event>>, TransformError> {
         self.ensure_live()?;
         let one = std::slice::from_ref(input);
-        let mut results = convert::with_batch(one, |batch, names| {
-            self.call(batch).map(|output| read(output, one, names))
-        })?;
+        let mut results =
+            convert::with_batch(one, &mut convert::Scratch::default(), |batch, names| {
+                self.call(batch).map(|output| read(output, one, names))
+            })?;
         results.pop().expect("one result for one event")
     }
 
