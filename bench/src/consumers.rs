@@ -251,6 +251,11 @@ impl SluiceProcess {
         }
     }
 
+    /// CPU time sluice has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        crate::cpu::process_seconds(self.child.id()?)
+    }
+
     /// Peak resident memory so far (VmHWM), in MiB.
     pub fn peak_rss_mb(&self) -> Option<f64> {
         let pid = self.child.id()?;

@@ -33,6 +33,11 @@ fn machine_busy() -> Option<u64> {
     Some(v.iter().take(8).sum::<u64>() - v.get(3)? - v.get(4)?)
 }
 
+/// The CPU time (user + system) process `pid` has used so far.
+pub fn process_seconds(pid: u32) -> Option<f64> {
+    stat(pid).map(|(_, own, _)| own as f64 / TICKS)
+}
+
 /// (ppid, own ticks, reaped children's ticks) of a process.
 fn stat(pid: u32) -> Option<(u32, u64, u64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

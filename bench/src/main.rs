@@ -280,8 +280,10 @@ impl Bench {
         }
         .await;
         row.rss_mb = process.peak_rss_mb();
+        let cpu_seconds = process.cpu_seconds();
         let stopped = process.stop().await;
         row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+        row.cpu_us = cpu_seconds.map(|s| s * 1e6 / generated.events.max(1) as f64);
         match measured {
             Ok((startup, status, took)) => {
                 row.startup = Some(secs(startup));

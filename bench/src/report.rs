@@ -20,6 +20,9 @@ pub struct Row {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub rss_mb: Option<f64>,
+    /// sluice's own CPU time (user + system) per event, µs (once runs are combined: the
+    /// median). Steadier than the rate when the walsender sets the pace.
+    pub cpu_us: Option<f64>,
     /// CPU that other work on the machine used during the run, in % of one core (once
     /// runs are combined: the highest). A few % is background noise; more skews the row.
     pub other_cpu: Option<f64>,
@@ -73,6 +76,7 @@ pub fn combine(runs: Vec<Row>) -> Row {
         p50_ms: first.p50_ms,
         p99_ms: first.p99_ms,
         rss_mb: runs.iter().filter_map(|r| r.rss_mb).reduce(f64::max),
+        cpu_us: median(&ok, |r| r.cpu_us),
         other_cpu: ok.iter().filter_map(|r| r.other_cpu).reduce(f64::max),
         runs: runs.len(),
         spread: None,
@@ -124,7 +128,7 @@ pub fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
-const HEADERS: [&str; 13] = [
+const HEADERS: [&str; 14] = [
     "workload",
     "consumer",
     "runs",
@@ -137,6 +141,7 @@ const HEADERS: [&str; 13] = [
     "p50 ms",
     "p99 ms",
     "peak RSS MB",
+    "CPU µs/event",
     "other CPU %",
 ];
 
@@ -144,7 +149,7 @@ const HEADERS: [&str; 13] = [
 pub fn table(rows: &[Row]) -> String {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("–".to_string(), |v| format!("{v:.digits$}"));
-    let cells: Vec<[String; 13]> = rows
+    let cells: Vec<[String; 14]> = rows
         .iter()
         .map(|r| {
             let rate = r.rate();
@@ -171,6 +176,7 @@ pub fn table(rows: &[Row]) -> String {
                 opt(r.p50_ms, 1),
                 opt(r.p99_ms, 1),
                 opt(r.rss_mb, 1),
+                opt(r.cpu_us, 2),
                 opt(r.other_cpu, 0),
             ]
         })
