@@ -563,6 +563,69 @@ mod tests {
         assert!(parse_copy_data(Bytes::from_static(b"z")).is_err());
     }
 
+    /// A keepalive as the server frames it: CopyData('k', wal_end, time, reply).
+    fn keepalive(wal_end: u64) -> Vec<u8> {
+        let mut m = BytesMut::new();
+        m.put_u8(b'd');
+        m.put_u32(4 + 1 + 8 + 8 + 1);
+        m.put_u8(b'k');
+        m.put_u64(wal_end);
+        m.put_i64(0);
+        m.put_u8(0);
+        m.to_vec()
+    }
+
+    /// Read the next message within 500 ms and check it is keepalive `expect`.
+    async fn next(stream: &mut ReplicationStream, expect: u64) {
+        let m = tokio::time::timeout(Duration::from_millis(500), stream.next())
+            .await
+            .expect("a small message is read without more data behind it")
+            .unwrap();
+        assert!(
+            matches!(m, Some(ReplicationMessage::Keepalive { wal_end, .. }) if wal_end == Lsn(expect)),
+            "{m:?}"
+        );
+    }
+
+    /// Paced reads must never strand a message below the low-water mark: the first one
+    /// after a pause, a small one while paced, and one after paced reading went idle all
+    /// arrive promptly (the failure mode is waiting until more data comes, i.e. forever).
+    #[tokio::test]
+    async fn paced_reads_deliver_small_messages_promptly() {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let (read, _write) = client.into_split();
+        let mut stream = ReplicationStream {
+            read,
+            buf: BytesMut::new(),
+            paced: false,
+        };
+        server.write_all(&keepalive(1)).await.unwrap();
+        next(&mut stream, 1).await;
+        assert!(stream.paced, "data flowed: paced");
+        // Paced, and far below the low-water mark.
+        server.write_all(&keepalive(2)).await.unwrap();
+        next(&mut stream, 2).await;
+        // Nothing for a while: the next wait finds nothing and goes back to any-byte
+        // wake-ups; a message after that comes at once.
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            server.write_all(&keepalive(3)).await.unwrap();
+            server
+        });
+        next(&mut stream, 3).await;
+        let mut server = later.await.unwrap();
+        // A message split in two writes is put together.
+        let whole = keepalive(4);
+        server.write_all(&whole[..7]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        server.write_all(&whole[7..]).await.unwrap();
+        next(&mut stream, 4).await;
+    }
+
     #[test]
     fn transient_errors_are_the_ones_worth_reconnecting_for() {
         let server = |code: &str| ReplicationError::Server {
