@@ -80,23 +80,9 @@ impl Sink for BlackholeSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_runtime::{Lsn, Op, Position, Source};
 
     fn event(index: u32) -> Arc<Event> {
-        let source = Source {
-            pipeline: "p".into(),
-            schema: Some("public".into()),
-            table: Some("t".into()),
-            lsn: Lsn(16),
-            commit_lsn: Lsn(32),
-            xid: Some(7),
-            ts_micros: 0,
-        };
-        Arc::new(Event::new(
-            Position::new(Lsn(32), index),
-            Op::Insert,
-            source,
-        ))
+        sluice_runtime::testing::insert("t", 32, index)
     }
 
     #[tokio::test]

@@ -145,25 +145,10 @@ impl Sink for FileSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_runtime::{Lsn, Op, Position, Row, Source, Value};
     use std::path::PathBuf;
 
     fn event(index: u32) -> Arc<Event> {
-        let source = Source {
-            pipeline: "p".into(),
-            schema: Some("public".into()),
-            table: Some("t".into()),
-            lsn: Lsn(16),
-            commit_lsn: Lsn(32),
-            xid: Some(7),
-            ts_micros: 0,
-        };
-        let mut e = Event::new(Position::new(Lsn(32), index), Op::Insert, source);
-        let mut key = Row::default();
-        key.push("id".into(), Value::Int(index.into()));
-        e.after = Some(key.clone());
-        e.key = Some(key);
-        Arc::new(e)
+        sluice_runtime::testing::insert("t", 32, index)
     }
 
     fn scratch(name: &str) -> PathBuf {

@@ -90,23 +90,9 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_runtime::{Lsn, Op, Position, Source};
 
     fn event(index: u32) -> Arc<Event> {
-        let source = Source {
-            pipeline: "p".into(),
-            schema: Some("public".into()),
-            table: Some("t".into()),
-            lsn: Lsn(1),
-            commit_lsn: Lsn(0x10),
-            xid: Some(1),
-            ts_micros: 0,
-        };
-        Arc::new(Event::new(
-            Position::new(Lsn(0x10), index),
-            Op::Insert,
-            source,
-        ))
+        sluice_runtime::testing::insert("t", 0x10, index)
     }
 
     #[test]

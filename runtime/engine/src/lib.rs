@@ -11,7 +11,8 @@
 //! - [`progress`]: every sink's position and what the slot may confirm;
 //! - [`state`]: offsets and sink status in SQLite;
 //! - [`engine`]: wires it all and runs until shutdown;
-//! - [`admin`]: health, readiness, metrics and status over HTTP.
+//! - [`admin`]: health, readiness, metrics and status over HTTP;
+//! - [`testing`]: events for unit tests of sinks and stages.
 
 pub mod admin;
 pub mod chain;
@@ -29,6 +30,7 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod state;
+pub mod testing;
 
 pub use event::{Column, Event, Message, Op, Row, Source, Value};
 pub use lsn::{Lsn, Position};
