@@ -3,27 +3,17 @@
 //! line numbers, and exit 2 for a malformed line, a bad flag or a failing `init`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
 use sluice_testkit::scratch_dir;
 use sluice_testkit::sluice::{bin, command_env};
 
-/// A built example component; fails (never skips) when it is missing.
 fn artifact(name: &str) -> String {
-    let dir = match std::env::var_os("SLUICE_TRANSFORMS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/transforms"),
-    };
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the example transforms with `scripts/build-transforms.sh` \
-         (or point SLUICE_TRANSFORMS_DIR at them)",
-        path.display()
-    );
-    path.canonicalize().unwrap().display().to_string()
+    sluice_testkit::transform_artifact(name)
+        .display()
+        .to_string()
 }
 
 /// One cache for these runs: each component compiles once (the cache is keyed by content,

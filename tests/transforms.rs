@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -14,20 +13,7 @@ use sluice_testkit::{eventually, scratch_dir, Postgres, Receiver, Sluice};
 
 use common::wait_streaming;
 
-fn artifact(name: &str) -> PathBuf {
-    let dir = std::env::var_os("SLUICE_TRANSFORMS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/transforms")
-        });
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/build-transforms.sh first",
-        path.display()
-    );
-    path.canonicalize().unwrap()
-}
+use sluice_testkit::transform_artifact as artifact;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pipeline_and_sink_transforms_shape_what_each_sink_receives() {

@@ -174,8 +174,8 @@ pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<C
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::event::{Op, Row, Source, Value};
-    use crate::lsn::{Lsn, Position};
+    use crate::event::{Op, Row, Value};
+    use crate::testing;
 
     /// A stage driven by the `n` column: 0 drops, 1 maps (adds a column), 2 fans out, 3 keeps
     /// the event as it is, -1 fails.
@@ -225,18 +225,8 @@ pub(crate) mod tests {
     }
 
     pub fn event(index: u32, n: i64) -> Arc<Event> {
-        let source = Source {
-            pipeline: "p".into(),
-            schema: Some("public".into()),
-            table: Some("t".into()),
-            lsn: Lsn(1),
-            commit_lsn: Lsn(1),
-            xid: Some(1),
-            ts_micros: 0,
-        };
-        let mut e = Event::new(Position::new(Lsn(1), index), Op::Insert, source);
-        let mut after = Row::default();
-        after.push("id".into(), Value::Int(index as i64));
+        let mut e = testing::event("t", Op::Insert, 1, index);
+        let mut after = testing::id_row(index.into());
         after.push("n".into(), Value::Int(n));
         e.after = Some(after);
         Arc::new(e)

@@ -623,9 +623,10 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::event::{Op, Row, Source, Value};
+    use crate::event::Op;
     use crate::lsn::{Lsn, Position};
     use crate::progress::{Offset, Progress};
+    use crate::testing;
 
     /// A sink that answers from a script, then delivers everything; records what it got.
     struct Scripted {
@@ -664,19 +665,8 @@ mod tests {
     }
 
     fn keyed(commit: u64, index: u32, key: i64) -> Entry {
-        let source = Source {
-            pipeline: "p".into(),
-            schema: Some("public".into()),
-            table: Some("t".into()),
-            lsn: Lsn(commit),
-            commit_lsn: Lsn(commit),
-            xid: None,
-            ts_micros: 0,
-        };
-        let mut e = Event::new(Position::new(Lsn(commit), index), Op::Insert, source);
-        let mut row = Row::default();
-        row.push("id".into(), Value::Int(key));
-        e.key = Some(row);
+        let mut e = testing::event("t", Op::Insert, commit, index);
+        e.key = Some(testing::id_row(key));
         Entry::Event(Arc::new(e))
     }
 

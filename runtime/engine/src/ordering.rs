@@ -49,25 +49,12 @@ pub fn plan(batch: &[Arc<Event>]) -> Vec<Segment> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Op, Row, Source, Value};
-    use crate::lsn::{Lsn, Position};
+    use crate::event::Op;
+    use crate::testing;
 
     fn event(index: u32, op: Op, key: Option<i64>) -> Arc<Event> {
-        let source = Source {
-            pipeline: "p".into(),
-            schema: Some("public".into()),
-            table: Some("t".into()),
-            lsn: Lsn(1),
-            commit_lsn: Lsn(1),
-            xid: Some(1),
-            ts_micros: 0,
-        };
-        let mut e = Event::new(Position::new(Lsn(1), index), op, source);
-        e.key = key.map(|k| {
-            let mut r = Row::default();
-            r.push("id".into(), Value::Int(k));
-            r
-        });
+        let mut e = testing::event("t", op, 1, index);
+        e.key = key.map(testing::id_row);
         Arc::new(e)
     }
 

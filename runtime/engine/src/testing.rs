@@ -6,22 +6,33 @@ use std::sync::Arc;
 use crate::event::{Event, Op, Row, Source, Value};
 use crate::lsn::{Lsn, Position};
 
-/// An insert into `public.<table>` at `index` of the transaction committed at
-/// `commit_lsn`, with `key` and `after` = `{"id": index}`.
-pub fn insert(table: &str, commit_lsn: u64, index: u32) -> Arc<Event> {
+/// An event of `op` on `public.<table>` at `index` of the transaction committed at
+/// `commit_lsn`, with no rows.
+pub fn event(table: &str, op: Op, commit_lsn: u64, index: u32) -> Event {
     let source = Source {
         pipeline: "p".into(),
         schema: Some("public".into()),
         table: Some(table.into()),
-        lsn: Lsn(commit_lsn.saturating_sub(16)),
+        lsn: Lsn(commit_lsn),
         commit_lsn: Lsn(commit_lsn),
         xid: Some(7),
         ts_micros: 0,
     };
-    let mut e = Event::new(Position::new(Lsn(commit_lsn), index), Op::Insert, source);
-    let mut key = Row::default();
-    key.push("id".into(), Value::Int(index.into()));
-    e.after = Some(key.clone());
-    e.key = Some(key);
+    Event::new(Position::new(Lsn(commit_lsn), index), op, source)
+}
+
+/// A row with the one column `id`.
+pub fn id_row(id: i64) -> Row {
+    let mut row = Row::default();
+    row.push("id".into(), Value::Int(id));
+    row
+}
+
+/// An insert into `public.<table>` at `index` of the transaction committed at
+/// `commit_lsn`, with `key` and `after` = `{"id": index}`.
+pub fn insert(table: &str, commit_lsn: u64, index: u32) -> Arc<Event> {
+    let mut e = event(table, Op::Insert, commit_lsn, index);
+    e.after = Some(id_row(index.into()));
+    e.key = Some(id_row(index.into()));
     Arc::new(e)
 }

@@ -9,7 +9,6 @@
 //! Environment: `SLUICE_TRANSFORMS_DIR` (default `target/transforms`), `EVENTS` (default
 //! 200000), `BATCH` (default 500), `PYTHON=1` to also time loading `python_tag.wasm`.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,19 +233,7 @@ fn order(i: u32, names: &Names) -> Arc<Event> {
     Arc::new(e)
 }
 
-fn artifact(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("SLUICE_TRANSFORMS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/transforms"),
-    };
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the example transforms with `scripts/build-transforms.sh`",
-        path.display()
-    );
-    path
-}
+use sluice_testkit::transform_artifact as artifact;
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name)

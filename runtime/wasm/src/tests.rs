@@ -11,21 +11,7 @@ use sluice_runtime::{Event, Lsn, Op, Position, Row, Source, Value};
 use crate::cache::Origin;
 use crate::{LoadError, Transform, TransformErrorKind, TransformHost, TransformSpec};
 
-/// A built example component; fails (never skips) when it is missing.
-pub(crate) fn artifact(name: &str) -> PathBuf {
-    let dir = match std::env::var_os("SLUICE_TRANSFORMS_DIR") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/transforms"),
-    };
-    let path = dir.join(format!("{name}.wasm"));
-    assert!(
-        path.exists(),
-        "{} is missing: build the example transforms with `scripts/build-transforms.sh` \
-         (or point SLUICE_TRANSFORMS_DIR at them)",
-        path.display()
-    );
-    path
-}
+pub(crate) use sluice_testkit::transform_artifact as artifact;
 
 fn scratch(what: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);

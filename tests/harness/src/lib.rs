@@ -13,6 +13,23 @@ pub use sluice::Sluice;
 
 use std::time::{Duration, Instant};
 
+/// A built example transform, `<repo>/target/transforms/<name>.wasm` (or under
+/// `SLUICE_TRANSFORMS_DIR`), as an absolute path. Fails, never skips, when it is missing.
+pub fn transform_artifact(name: &str) -> std::path::PathBuf {
+    let dir = match std::env::var_os("SLUICE_TRANSFORMS_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/transforms"),
+    };
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "{} is missing: build the example transforms with `scripts/build-transforms.sh` \
+         (or point SLUICE_TRANSFORMS_DIR at them)",
+        path.display()
+    );
+    path.canonicalize().unwrap()
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
