@@ -1,17 +1,17 @@
 //! One HTTP request and what its outcome means.
 //!
-//! The client sends a signed POST and classifies the answer into a [`Delivery`]; it never
-//! retries or sleeps (the engine does). 2xx is delivered; connection errors, timeouts,
-//! 408, 429 and 5xx are transient (with the receiver's `Retry-After`); every other status
-//! is permanent. Redirects are not followed: a webhook that moved is a configuration
+//! The client sends a signed POST and classifies the answer into a [`Delivery`] with the
+//! rules every HTTP sink shares (`sluice-http`); it never retries or sleeps (the engine
+//! does). 2xx is delivered; connection errors, timeouts, 408, 429 and 5xx are transient
+//! (with the receiver's `Retry-After`); every other status is permanent. Redirects are not followed: a webhook that moved is a configuration
 //! problem, and following it would re-send the body to an address nobody configured.
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
-use reqwest::{redirect, Response, StatusCode, Url};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
+use reqwest::{redirect, Response, Url};
+use sluice_http::{Transport, SNIPPET_BYTES};
 use sluice_runtime::Delivery;
 
 use crate::config::WebhookConfig;
@@ -31,9 +31,6 @@ const RESERVED: [&str; 6] = [
     "content-length",
     "host",
 ];
-
-/// How much of an error response's body goes into the reason.
-const SNIPPET_BYTES: usize = 200;
 
 /// A response body is read up to this size so its connection can be reused; a larger
 /// one is dropped with its connection.
@@ -92,7 +89,8 @@ impl Client {
     }
 
     /// POST `body` as `webhook-id: id` and classify the answer.
-    pub(crate) async fn post(&self, id: &str, body: Bytes) -> Delivery {
+    pub(crate) async fn post(&self, id: String, body: Bytes) -> Delivery {
+        let id = id.as_str();
         let mut request = self.http.post(self.url.clone());
         match HeaderValue::from_str(id) {
             Ok(value) => request = request.header(WEBHOOK_ID, value),
@@ -160,39 +158,20 @@ fn parse_url(text: &str) -> Result<Url, WebhookError> {
 async fn classify_response(mut response: Response) -> Delivery {
     let status = response.status();
     let snippet = read_body(&mut response).await;
-    classify(status, response.headers(), &snippet, SystemTime::now())
+    sluice_http::classify(status, response.headers(), &snippet, SystemTime::now())
 }
 
-/// The delivery a status means; `body` is the start of the response body.
-fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8], now: SystemTime) -> Delivery {
-    if status.is_success() {
-        return Delivery::Delivered;
-    }
-    let mut reason = format!("HTTP {status}");
-    let body = snippet(body);
-    if !body.is_empty() {
-        reason.push_str(": ");
-        reason.push_str(&body);
-    }
-    let transient = status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-        || status.is_server_error();
-    if transient {
-        return Delivery::Retry {
-            reason,
-            after: retry_after(headers, now),
-        };
-    }
-    if status.is_redirection() {
-        reason.push_str(" (redirects are not followed; set `url` to the final address");
-        if let Some(to) = headers.get(LOCATION).and_then(|v| v.to_str().ok()) {
-            reason.push_str(", `");
-            reason.push_str(to);
-            reason.push('`');
-        }
-        reason.push(')');
-    }
-    Delivery::Rejected { reason }
+/// A transport failure as one line, without the URL (it may carry credentials).
+fn transport_reason(e: reqwest::Error, timeout: Duration) -> String {
+    let e = e.without_url();
+    let kind = if e.is_timeout() {
+        Transport::Timeout(timeout)
+    } else if e.is_connect() {
+        Transport::Connect
+    } else {
+        Transport::Other
+    };
+    sluice_http::transport_reason(kind, &e)
 }
 
 /// Read the body (so the connection goes back to the pool), keeping its first bytes.
@@ -211,52 +190,6 @@ async fn read_body(response: &mut Response) -> Vec<u8> {
     kept
 }
 
-/// Response text for a one-line reason: UTF-8 (a character cut at the end is dropped),
-/// whitespace collapsed.
-fn snippet(bytes: &[u8]) -> String {
-    let text = match std::str::from_utf8(bytes) {
-        Ok(text) => Cow::Borrowed(text),
-        Err(e) if e.error_len().is_none() => {
-            Cow::Borrowed(std::str::from_utf8(&bytes[..e.valid_up_to()]).unwrap_or_default())
-        }
-        Err(_) => String::from_utf8_lossy(bytes),
-    };
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-/// `Retry-After` as delta-seconds or an HTTP-date; a date in the past means now.
-fn retry_after(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
-    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value).ok()?;
-    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
-}
-
-/// A transport failure as one line, without the URL (it may carry credentials).
-fn transport_reason(e: reqwest::Error, timeout: Duration) -> String {
-    let e = e.without_url();
-    if e.is_timeout() {
-        return format!("no response within {timeout:?} (timeout)");
-    }
-    let mut reason = String::from(if e.is_connect() {
-        "cannot connect"
-    } else {
-        "request failed"
-    });
-    let mut cause: Option<&dyn std::error::Error> = Some(&e);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !reason.ends_with(&text) {
-            reason.push_str(": ");
-            reason.push_str(&text);
-        }
-        cause = c.source();
-    }
-    reason
-}
-
 fn unix_seconds(now: SystemTime) -> u64 {
     now.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -266,78 +199,6 @@ fn unix_seconds(now: SystemTime) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(retry_after: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(RETRY_AFTER, HeaderValue::from_str(retry_after).unwrap());
-        h
-    }
-
-    #[test]
-    fn statuses_classify_as_the_contract_says() {
-        let none = HeaderMap::new();
-        let now = SystemTime::now();
-        let class = |code: u16| match classify(StatusCode::from_u16(code).unwrap(), &none, b"", now)
-        {
-            Delivery::Delivered => "delivered",
-            Delivery::Retry { .. } => "retry",
-            Delivery::Rejected { .. } => "rejected",
-            other => panic!("{other:?}"),
-        };
-        for code in [200, 201, 202, 204] {
-            assert_eq!(class(code), "delivered", "{code}");
-        }
-        for code in [408, 429, 500, 502, 503, 504] {
-            assert_eq!(class(code), "retry", "{code}");
-        }
-        for code in [301, 302, 304, 400, 401, 403, 404, 409, 410, 413, 422] {
-            assert_eq!(class(code), "rejected", "{code}");
-        }
-    }
-
-    #[test]
-    fn retry_after_takes_seconds_and_http_dates() {
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
-        assert_eq!(
-            retry_after(&headers("120"), now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            retry_after(&headers("Wed, 21 Oct 2015 07:30:00 GMT"), now),
-            Some(Duration::from_secs(1_445_412_600 - 1_445_412_480))
-        );
-        assert_eq!(
-            retry_after(&headers("Wed, 21 Oct 2015 07:00:00 GMT"), now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(retry_after(&headers("soon"), now), None);
-        assert_eq!(retry_after(&HeaderMap::new(), now), None);
-    }
-
-    #[test]
-    fn rejections_carry_the_status_and_the_start_of_the_body() {
-        let long = format!("bad field `total`\n{}", "x".repeat(500));
-        let Delivery::Rejected { reason } = classify(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            &HeaderMap::new(),
-            &long.as_bytes()[..SNIPPET_BYTES],
-            SystemTime::now(),
-        ) else {
-            panic!()
-        };
-        assert!(
-            reason.starts_with("HTTP 422 Unprocessable Entity: bad field `total` xxx"),
-            "{reason}"
-        );
-        assert!(reason.len() < 250);
-    }
-
-    #[test]
-    fn a_cut_character_is_dropped_from_the_snippet() {
-        let text = "prix: 12€".as_bytes();
-        assert_eq!(snippet(&text[..text.len() - 1]), "prix: 12");
-        assert_eq!(snippet(b"a\xffb"), "a\u{fffd}b");
-    }
 
     #[test]
     fn only_absolute_http_urls_with_a_host_are_accepted() {

@@ -1,18 +1,16 @@
 //! [`WebhookSink`]: the engine's [`Sink`] over HTTP POSTs.
 //!
-//! One request per event, or one per batch with `batch: true`. A batch is cut by
-//! [`ordering::plan`] into segments (at truncates, which are barriers) and each segment
-//! into lanes, one per [`Event::ordering_key`]. The lanes of a segment run concurrently
-//! (at most `concurrency` requests in flight, all polled from the engine's task, no
-//! spawning), each lane sends its events one after the other, and a segment starts only
-//! when the one before was wholly delivered. An event that is not delivered stops its
-//! lane and every later segment: those events are answered [`Delivery::Deferred`] unsent.
+//! One request per event, or one per batch with `batch: true`. Single requests go through
+//! the engine's lane executor ([`lanes::run_lanes`]): one lane per
+//! [`Event::ordering_key`], lanes of a segment concurrently (at most `concurrency`
+//! requests in flight, all polled from the engine's task), each lane one event after the
+//! other, truncates as barriers; an event that is not delivered defers the rest of its
+//! lane and every later segment unsent.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::stream::{self, StreamExt};
-use sluice_runtime::{ordering, Delivery, Event, Sink};
+use sluice_runtime::{lanes, Delivery, Event, Sink};
 
 use crate::client::Client;
 use crate::config::WebhookConfig;
@@ -53,57 +51,16 @@ impl WebhookSink {
         if batch.is_empty() {
             return Vec::new();
         }
-        let delivery = self.client.post(&batch_id(batch), batch_body(batch)).await;
+        let delivery = self.client.post(batch_id(batch), batch_body(batch)).await;
         vec![delivery; batch.len()]
     }
 
-    /// One request per event: segment after segment, the lanes of a segment concurrently.
+    /// One request per event, lanes of a segment concurrently ([`lanes::run_lanes`]).
     async fn write_each(&self, batch: &[Arc<Event>]) -> Vec<Delivery> {
-        let mut out: Vec<Option<Delivery>> = vec![None; batch.len()];
-        let mut blocked = false;
-        for segment in ordering::plan(batch) {
-            if blocked {
-                // An earlier segment did not get through: a barrier stands in between.
-                for i in segment.into_iter().flatten() {
-                    out[i] = Some(Delivery::Deferred);
-                }
-                continue;
-            }
-            let mut lanes = stream::iter(segment)
-                .map(|lane| self.send_lane(batch, lane))
-                .buffer_unordered(self.concurrency);
-            while let Some(results) = lanes.next().await {
-                for (i, delivery) in results {
-                    blocked |= !delivery.is_delivered();
-                    out[i] = Some(delivery);
-                }
-            }
-        }
-        out.into_iter()
-            .map(|d| d.expect("the plan places every event in exactly one lane"))
-            .collect()
-    }
-
-    /// Send the events of `lane` (indices into `batch`, in order) one at a time; after
-    /// one that is not delivered, defer the rest.
-    async fn send_lane(
-        &self,
-        batch: &[Arc<Event>],
-        lane: ordering::Lane,
-    ) -> Vec<(usize, Delivery)> {
-        let mut results = Vec::with_capacity(lane.len());
-        let mut blocked = false;
-        for i in lane {
-            if blocked {
-                results.push((i, Delivery::Deferred));
-                continue;
-            }
-            let event = &batch[i];
-            let delivery = self.client.post(&event.id(), event.json().clone()).await;
-            blocked = !delivery.is_delivered();
-            results.push((i, delivery));
-        }
-        results
+        lanes::run_lanes(batch, self.concurrency, |_, event| {
+            self.client.post(event.id(), event.json().clone())
+        })
+        .await
     }
 }
 

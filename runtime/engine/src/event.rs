@@ -247,7 +247,7 @@ impl Event {
     /// must reach a sink in stream order; different keys may be delivered concurrently.
     /// Keyless rows share their table's ordering key, so they stay in order. `None` marks a
     /// barrier (a truncate): everything before it must take effect first, everything after
-    /// it afterwards. See [`crate::ordering::plan`].
+    /// it afterwards. See [`crate::lanes::plan`].
     pub fn ordering_key(&self) -> Option<u64> {
         if self.op == Op::Truncate {
             return None;

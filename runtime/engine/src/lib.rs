@@ -3,7 +3,7 @@
 //! - [`event`]: the envelope every stage sees;
 //! - [`lsn`]: WAL locations and stream positions;
 //! - [`sink`]: the contract sink connectors implement;
-//! - [`ordering`]: how a sink may parallelise a batch without breaking per-key order;
+//! - [`lanes`]: the lane executor: per-key order under concurrency, for every sink;
 //! - [`config`]: pipeline files (YAML, `${VAR}` interpolation, located errors);
 //! - [`chain`]: transform chains (pipeline-level, per sink);
 //! - [`journal`]: the bounded log between the source and the sinks;
@@ -23,8 +23,8 @@ pub mod engine;
 pub mod envelope;
 pub mod event;
 pub mod journal;
+pub mod lanes;
 pub mod lsn;
-pub mod ordering;
 pub mod progress;
 pub mod shutdown;
 pub mod sink;

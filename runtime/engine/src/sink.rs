@@ -59,7 +59,7 @@ impl Delivery {
 ///   may be written concurrently. A truncate (`ordering_key()` is `None`) is a barrier.
 ///   When an event fails, every later event of its key, and every event after the next
 ///   barrier, must be answered [`Delivery::Deferred`] without being attempted.
-///   [`crate::ordering::plan`] does this bookkeeping.
+///   [`crate::lanes::plan`] does this bookkeeping.
 /// - **Concurrency**: the engine calls `write` on one sink from one task, one batch at a
 ///   time; a sink may parallelise inside a batch.
 /// - **Idempotence**: delivery is at-least-once. After a crash or a retry the same event
