@@ -725,7 +725,7 @@ fn a_valid_file_with_secrets_validates_without_printing_them() {
 /// `pipelines/*.yaml`, from the repository's root as a user would run them.
 fn example_pipelines() -> (PathBuf, Vec<PathBuf>) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
+        .join("..")
         .canonicalize()
         .unwrap();
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join("pipelines"))

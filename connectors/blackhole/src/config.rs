@@ -7,6 +7,10 @@
 //! ```
 
 use serde::Deserialize;
+use sluice_runtime::registry::{FieldError, SinkConfig};
+use sluice_runtime::Sink;
+
+use crate::BlackholeSink;
 
 /// Configuration of a blackhole sink. It has no keys of its own; any key is an error, so
 /// a typo meant for another sink type is not silently ignored.
@@ -14,6 +18,12 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BlackholeConfig {}
+
+impl SinkConfig for BlackholeConfig {
+    fn build(self) -> Result<Box<dyn Sink>, FieldError> {
+        Ok(Box::new(BlackholeSink::new(self)))
+    }
+}
 
 impl BlackholeConfig {
     /// The (only) configuration.

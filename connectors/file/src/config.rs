@@ -11,6 +11,10 @@
 use std::path::PathBuf;
 
 use serde::Deserialize;
+use sluice_runtime::registry::{FieldError, SinkConfig};
+use sluice_runtime::Sink;
+
+use crate::FileSink;
 
 /// Configuration of a file sink.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -29,6 +33,14 @@ pub struct FileConfig {
     /// crash of sluice but not of the machine. Not allowed with `path: -`.
     #[serde(default)]
     pub fsync: bool,
+}
+
+impl SinkConfig for FileConfig {
+    fn build(self) -> Result<Box<dyn Sink>, FieldError> {
+        FileSink::new(self)
+            .map(|s| Box::new(s) as Box<dyn Sink>)
+            .map_err(|e| FieldError::new(e.field(), &e))
+    }
 }
 
 impl FileConfig {

@@ -336,7 +336,7 @@ impl EventBuilder {
 }
 
 fn push(out: &mut Vec<Entry>, event: Event) {
-    out.push(Entry::Event(Arc::new(event)));
+    out.push(Entry::event(event));
 }
 
 fn now_micros() -> i64 {

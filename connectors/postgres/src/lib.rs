@@ -5,9 +5,13 @@
 //! - [`types`], [`values`], [`array`]: typed values from Postgres' text forms;
 //! - [`events`]: pgoutput messages to envelopes (relations, keys, TOAST, outbox, messages);
 //! - [`setup`]: checks, publication and slot management, status and teardown;
-//! - [`source`]: the streaming loop, reconnects and standby status updates.
+//! - [`source`]: a replication session per open, batches per read, standby status updates;
+//! - [`config`]: the `source:` keys of a pipeline file;
+//! - [`connector`]: the source type as the command line sees it (the registry's entry).
 
 pub mod array;
+pub mod config;
+pub mod connector;
 pub mod events;
 pub mod options;
 pub mod pgoutput;
@@ -17,5 +21,13 @@ pub mod source;
 pub mod types;
 pub mod values;
 
+pub use config::PostgresConfig;
+pub use connector::{build, PostgresConnector};
 pub use options::{PostgresOptions, TableRef};
 pub use source::PostgresSource;
+
+/// The registry entry of `type: postgres`.
+pub const SOURCE: sluice_runtime::registry::SourceType = sluice_runtime::registry::SourceType {
+    name: "postgres",
+    build,
+};

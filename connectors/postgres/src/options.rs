@@ -45,9 +45,6 @@ pub struct PostgresOptions {
     pub outbox: Option<TableRef>,
     /// `pg_logical_emit_message` prefixes captured as events.
     pub messages: Vec<String>,
-    /// How often standby status updates are sent (and the server asked for its WAL end
-    /// when idle).
-    pub status_interval: std::time::Duration,
 }
 
 impl PostgresOptions {

@@ -1,27 +1,30 @@
-//! The PostgreSQL source: streams the slot into the journal, reconnects with backoff, and
-//! keeps the slot's confirmed position moving from a task the sinks cannot block.
+//! The PostgreSQL source: a replication session per [`Source::open`], pgoutput decoded
+//! into journal entries by [`Source::read`], and standby status updates sent by the
+//! [`Standby`] acknowledger, which owns the socket's writing half and runs in the engine's
+//! acknowledgement task, so a full journal or a slow sink never delays it.
+//!
+//! The engine owns the loop around it: appends, reconnects with backoff, de-duplication
+//! after a reconnect, the drain and the cadence of status updates.
 
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use sluice_runtime::journal::{Entry, Journal};
-use sluice_runtime::progress::Progress;
-use sluice_runtime::source::{Source, SourceContext, SourceError};
-use sluice_runtime::{Lsn, Position};
+use sluice_runtime::journal::Entry;
+use sluice_runtime::source::{Ack, Acknowledger, Batch, Checkpoint, Source, SourceStatus};
+use sluice_runtime::SourceError;
 use tokio::sync::Notify;
 
 use crate::events::{BuildError, EventBuilder};
 use crate::options::PostgresOptions;
 use crate::pgoutput;
 use crate::replication::{
-    ReplicationConnection, ReplicationError, ReplicationMessage, StatusWriter,
+    ReplicationConnection, ReplicationError, ReplicationMessage, ReplicationStream, StatusWriter,
 };
 use crate::setup::{self, SetupError};
 
-/// Append to the journal once this many entries are pending, even mid-transaction.
-const APPEND_CHUNK: usize = 1024;
+/// Return a batch once this many entries are pending, even mid-transaction.
+const BATCH_ENTRIES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceFailure {
@@ -33,6 +36,8 @@ pub enum SourceFailure {
     Decode(#[from] pgoutput::DecodeError),
     #[error("building events: {0}")]
     Build(#[from] BuildError),
+    #[error("read before open")]
+    NotOpen,
 }
 
 impl SourceFailure {
@@ -46,12 +51,31 @@ impl SourceFailure {
     }
 }
 
+impl From<SourceFailure> for SourceError {
+    fn from(e: SourceFailure) -> Self {
+        match e.is_transient() {
+            true => SourceError::transient(e),
+            false => SourceError::fatal(e),
+        }
+    }
+}
+
 pub struct PostgresSource {
     options: PostgresOptions,
     builder: EventBuilder,
-    /// The last position appended to the journal: after a reconnect, the server resends
-    /// from the confirmed position and everything up to here is skipped.
-    last_appended: Position,
+    status: Arc<SourceStatus>,
+    session: Option<Session>,
+}
+
+/// One replication connection and what decoding needs beside it.
+struct Session {
+    /// An ordinary connection for catalog lookups (unknown type OIDs).
+    client: tokio_postgres::Client,
+    stream: ReplicationStream,
+    /// Decoded entries not yet returned.
+    pending: Vec<Entry>,
+    /// Tells the acknowledger the server asked for a status update now.
+    reply: Arc<Notify>,
 }
 
 impl PostgresSource {
@@ -60,51 +84,12 @@ impl PostgresSource {
         PostgresSource {
             options,
             builder,
-            last_appended: Position::ZERO,
+            status: Arc::new(SourceStatus::default()),
+            session: None,
         }
     }
-}
 
-/// How a streaming session ended.
-enum SessionEnd {
-    /// Shutdown was requested and the final status was sent.
-    Drained,
-}
-
-#[async_trait]
-impl Source for PostgresSource {
-    async fn run(mut self: Box<Self>, ctx: SourceContext) -> Result<(), SourceError> {
-        let mut delay = Duration::from_millis(200);
-        loop {
-            if ctx.shutdown.is_draining() {
-                break;
-            }
-            match self.session(&ctx).await {
-                Ok(SessionEnd::Drained) => return Ok(()),
-                Err(e) if e.is_transient() => {
-                    ctx.progress.streaming.store(false, Relaxed);
-                    ctx.progress.reconnects.fetch_add(1, Relaxed);
-                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "replication interrupted; reconnecting");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = ctx.shutdown.draining() => break,
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-                Err(e) => {
-                    ctx.progress.streaming.store(false, Relaxed);
-                    return Err(Box::new(e));
-                }
-            }
-        }
-        // Shut down while disconnected: nothing more to confirm; let sinks drain.
-        ctx.journal.close();
-        Ok(())
-    }
-}
-
-impl PostgresSource {
-    async fn session(&mut self, ctx: &SourceContext) -> Result<SessionEnd, SourceFailure> {
+    async fn connect(&mut self, checkpoint: Checkpoint) -> Result<Standby, SourceFailure> {
         let client = setup::connect(&self.options.url).await?;
         let mut conn = ReplicationConnection::connect(
             &self.options.url,
@@ -122,212 +107,120 @@ impl PostgresSource {
         if !self.options.messages.is_empty() {
             plugin_options.push(("messages", "true".to_string()));
         }
-        let start = ctx.progress.resume_lsn();
-        let (mut stream, writer) = conn
-            .start_logical(&self.options.slot, start, &plugin_options)
+        let (stream, writer) = conn
+            .start_logical(&self.options.slot, checkpoint.resume, &plugin_options)
             .await?;
         self.builder.reset_session();
-        ctx.progress.streaming.store(true, Relaxed);
-        tracing::info!(slot = %self.options.slot, %start, "streaming");
-
-        let status = StatusTask::spawn(
+        tracing::info!(slot = %self.options.slot, start = %checkpoint.resume, "streaming");
+        let reply = Arc::new(Notify::new());
+        self.session = Some(Session {
+            client,
+            stream,
+            pending: Vec::with_capacity(BATCH_ENTRIES),
+            reply: reply.clone(),
+        });
+        Ok(Standby {
             writer,
-            ctx.progress.clone(),
-            ctx.journal.clone(),
-            self.options.status_interval,
-        );
-        let mut pending: Vec<Entry> = Vec::with_capacity(APPEND_CHUNK);
-        // One shutdown future for the session, not one per message (this is the hot loop).
-        let draining = ctx.shutdown.draining();
-        tokio::pin!(draining);
-        let result: Result<(), SourceFailure> = async {
-            loop {
-                let message = tokio::select! {
-                    m = stream.next() => m?,
-                    _ = &mut draining => return Ok(()),
-                };
-                let Some(message) = message else {
-                    return Err(
-                        ReplicationError::Io(std::io::ErrorKind::UnexpectedEof.into()).into(),
-                    );
-                };
-                match message {
-                    ReplicationMessage::XLogData { start, data, .. } => {
-                        ctx.progress.received_lsn.fetch_max(start.0, Relaxed);
-                        let msg = pgoutput::decode(data, false)?;
-                        let is_commit = matches!(msg, pgoutput::LogicalMessage::Commit { .. });
-                        if matches!(msg, pgoutput::LogicalMessage::Begin { .. }) {
-                            status.in_transaction.store(true, Relaxed);
-                            ctx.progress.clear_idle();
-                        }
-                        self.builder
-                            .handle(msg, start, &client, &mut pending)
-                            .await?;
-                        if is_commit {
-                            status.in_transaction.store(false, Relaxed);
-                            ctx.progress.transactions_read.fetch_add(1, Relaxed);
-                        }
-                        if pending.len() >= APPEND_CHUNK
-                            || (is_commit && !stream.has_buffered_message())
-                        {
-                            self.append(&ctx.journal, &ctx.progress, &mut pending).await;
-                        }
+            reply,
+            status: self.status.clone(),
+        })
+    }
+
+    async fn next_batch(&mut self) -> Result<Batch, SourceFailure> {
+        let session = self.session.as_mut().ok_or(SourceFailure::NotOpen)?;
+        loop {
+            let Some(message) = session.stream.next().await? else {
+                return Err(ReplicationError::Io(std::io::ErrorKind::UnexpectedEof.into()).into());
+            };
+            match message {
+                ReplicationMessage::XLogData { start, data, .. } => {
+                    self.status.received.fetch_max(start.0, Relaxed);
+                    let msg = pgoutput::decode(data, false)?;
+                    let is_commit = matches!(msg, pgoutput::LogicalMessage::Commit { .. });
+                    self.builder
+                        .handle(msg, start, &session.client, &mut session.pending)
+                        .await?;
+                    if session.pending.len() >= BATCH_ENTRIES
+                        || (is_commit && !session.stream.has_buffered_message())
+                    {
+                        return Ok(Batch {
+                            entries: std::mem::take(&mut session.pending),
+                            idle: None,
+                        });
                     }
-                    ReplicationMessage::Keepalive {
-                        wal_end,
-                        reply_requested,
-                    } => {
-                        ctx.progress.server_wal_end.fetch_max(wal_end.0, Relaxed);
-                        self.append(&ctx.journal, &ctx.progress, &mut pending).await;
-                        if !self.builder.in_transaction() {
-                            ctx.progress.record_idle(ctx.journal.head(), wal_end);
-                        }
-                        if reply_requested {
-                            status.wake.notify_one();
-                        }
+                }
+                ReplicationMessage::Keepalive {
+                    wal_end,
+                    reply_requested,
+                } => {
+                    self.status.upstream_end.fetch_max(wal_end.0, Relaxed);
+                    if reply_requested {
+                        session.reply.notify_one();
+                    }
+                    let idle = (!self.builder.in_transaction()).then_some(wal_end);
+                    if idle.is_some() || !session.pending.is_empty() {
+                        return Ok(Batch {
+                            entries: std::mem::take(&mut session.pending),
+                            idle,
+                        });
                     }
                 }
             }
         }
-        .await;
-        // Whatever was decoded is real: keep it, whatever happens next.
-        self.append(&ctx.journal, &ctx.progress, &mut pending).await;
-        match result {
-            Ok(()) => {
-                // Draining: no more input; wait until every sink has made everything durable,
-                // then confirm it to the server.
-                ctx.journal.close();
-                tokio::select! {
-                    _ = settled(&ctx.progress, &ctx.journal) => {}
-                    _ = ctx.shutdown.aborting() => {}
-                }
-                status.finish(&ctx.progress).await;
-                ctx.progress.streaming.store(false, Relaxed);
-                Ok(SessionEnd::Drained)
-            }
-            Err(e) => {
-                status.stop();
-                Err(e)
-            }
-        }
-    }
-
-    /// Move pending entries into the journal, dropping events already appended before a
-    /// reconnect. Waits while the journal is full.
-    async fn append(&mut self, journal: &Journal, progress: &Progress, pending: &mut Vec<Entry>) {
-        if pending.is_empty() {
-            return;
-        }
-        let last = self.last_appended;
-        let mut events = 0u64;
-        let entries: Vec<Entry> = pending
-            .drain(..)
-            .filter(|e| match e {
-                Entry::Event(ev) => ev.position > last,
-                Entry::Commit { commit_lsn, .. } => *commit_lsn >= last.commit_lsn,
-            })
-            .inspect(|e| {
-                if let Entry::Event(ev) = e {
-                    self.last_appended = ev.position;
-                    events += 1;
-                }
-            })
-            .collect();
-        progress.events_read.fetch_add(events, Relaxed);
-        if !entries.is_empty() {
-            journal.append(entries).await;
-        }
     }
 }
 
-/// Resolves when every sink has durably finished the whole journal or has stopped.
-async fn settled(progress: &Progress, journal: &Journal) {
-    loop {
-        let head = journal.head();
-        if progress
-            .sinks()
-            .iter()
-            .all(|s| s.stopped().is_some() || s.durable().0 >= head)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+#[async_trait]
+impl Source for PostgresSource {
+    async fn open(&mut self, checkpoint: Checkpoint) -> Result<Box<dyn Acknowledger>, SourceError> {
+        Ok(Box::new(self.connect(checkpoint).await?))
+    }
+
+    async fn read(&mut self) -> Result<Batch, SourceError> {
+        Ok(self.next_batch().await?)
+    }
+
+    async fn close(&mut self) {
+        self.session = None;
+    }
+
+    fn status(&self) -> Arc<SourceStatus> {
+        self.status.clone()
     }
 }
 
-/// The standby status task: reports the confirmable position every `interval`, at once
-/// when the server asks, and asks the server for its WAL end when everything is
-/// delivered (so writes to unpublished tables never make the slot hold WAL). It owns the
-/// socket's writing half, so a full journal or a slow sink never delays it.
-struct StatusTask {
-    wake: Arc<Notify>,
-    in_transaction: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<Option<StatusWriter>>,
-    stop: Arc<Notify>,
+/// Standby status updates: `flush` is what every sink made durable, `write` what was
+/// received; when every sink has caught up it asks the server to reply at once with its
+/// WAL end, so writes to tables the pipeline does not capture never make the slot hold WAL.
+struct Standby {
+    writer: StatusWriter,
+    reply: Arc<Notify>,
+    status: Arc<SourceStatus>,
 }
 
-impl StatusTask {
-    fn spawn(
-        mut writer: StatusWriter,
-        progress: Arc<Progress>,
-        journal: Arc<Journal>,
-        interval: Duration,
-    ) -> Self {
-        let wake = Arc::new(Notify::new());
-        let stop = Arc::new(Notify::new());
-        let in_transaction = Arc::new(AtomicBool::new(false));
-        let task = {
-            let (wake, stop, in_tx) = (wake.clone(), stop.clone(), in_transaction.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = tokio::time::sleep(interval) => {}
-                        _ = wake.notified() => {}
-                        _ = stop.notified() => return Some(writer),
-                    }
-                    let flush = progress.confirmable_lsn();
-                    let write = Lsn(progress.received_lsn.load(Relaxed)).max(flush);
-                    let idle = !in_tx.load(Relaxed) && progress.all_durable(journal.head());
-                    if let Err(e) = writer.send_status(write, flush, idle).await {
-                        tracing::debug!(error = %e, "status update failed; the reader will reconnect");
-                        return None;
-                    }
-                    progress.confirmed_lsn.fetch_max(flush.0, Relaxed);
-                }
-            })
-        };
-        StatusTask {
-            wake,
-            in_transaction,
-            task,
-            stop,
-        }
-    }
-
-    fn stop(self) {
-        self.stop.notify_one();
-    }
-
-    /// Send the final position and end the stream.
-    async fn finish(self, progress: &Progress) {
-        self.stop.notify_one();
-        if let Ok(Some(mut writer)) = self.task.await {
-            let flush = progress.confirmable_lsn();
-            let write = Lsn(progress.received_lsn.load(Relaxed)).max(flush);
-            match writer.send_status(write, flush, false).await {
-                Ok(()) => {
-                    progress.confirmed_lsn.fetch_max(flush.0, Relaxed);
-                    tracing::info!(%flush, "confirmed final position");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot send the final status"),
-            }
-            let _ = writer.finish().await;
-        }
+impl Standby {
+    async fn send(&mut self, ack: Ack) -> Result<(), SourceError> {
+        let write = self.status.received().max(ack.through);
+        self.writer
+            .send_status(write, ack.through, ack.caught_up)
+            .await
+            .map_err(|e| SourceError::transient(SourceFailure::from(e)))
     }
 }
 
-/// Run the checks and create what is missing. Used by `run` and `validate --connect`.
-pub async fn prepare(options: &PostgresOptions, state_has_offsets: bool) -> Result<(), SetupError> {
-    let client = setup::connect(&options.url).await?;
-    setup::prepare(&client, options, state_has_offsets).await
+#[async_trait]
+impl Acknowledger for Standby {
+    async fn ack(&mut self, ack: Ack) -> Result<(), SourceError> {
+        self.send(ack).await
+    }
+
+    async fn requested(&mut self) {
+        self.reply.notified().await
+    }
+
+    async fn finish(mut self: Box<Self>, ack: Ack) -> Result<(), SourceError> {
+        self.send(ack).await?;
+        let _ = self.writer.finish().await;
+        Ok(())
+    }
 }

@@ -17,6 +17,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use sluice_runtime::config::{duration, Secret};
+use sluice_runtime::registry::{FieldError, SinkConfig};
+use sluice_runtime::Sink;
+
+use crate::WebhookSink;
 
 /// Configuration of a webhook sink.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -62,6 +66,14 @@ pub fn default_timeout() -> Duration {
 /// 16 requests in flight.
 pub fn default_concurrency() -> usize {
     16
+}
+
+impl SinkConfig for WebhookConfig {
+    fn build(self) -> Result<Box<dyn Sink>, FieldError> {
+        WebhookSink::new(self)
+            .map(|s| Box::new(s) as Box<dyn Sink>)
+            .map_err(|e| FieldError::new(e.field(), &e))
+    }
 }
 
 impl WebhookConfig {

@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -15,28 +15,24 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::journal::{Journal, ReaderId};
-use crate::lsn::Lsn;
 use crate::progress::{Progress, SinkProgress};
-use crate::state::{DlqFilter, StateStore};
+use crate::source::SourceStatus;
+use crate::state::{DlqFilter, Store};
 
 #[derive(Clone)]
 pub struct AdminState {
     pub pipeline: String,
+    pub source: Arc<SourceStatus>,
     pub progress: Arc<Progress>,
     pub journal: Arc<Journal>,
     pub readers: Vec<ReaderId>,
-    pub store: Arc<Mutex<StateStore>>,
+    pub store: Store,
 }
 
 impl AdminState {
     /// DLQ depth per sink, from the state store.
     async fn dlq_depths(&self) -> Vec<(String, i64)> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.lock().unwrap().dlq_depths())
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default()
+        self.store.run(|s| s.dlq_depths()).await.unwrap_or_default()
     }
 }
 
@@ -55,7 +51,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) {
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     let mut problems = Vec::new();
-    if !s.progress.streaming.load(Relaxed) {
+    if !s.source.is_streaming() {
         problems.push("source: the replication slot is not streaming".to_string());
     }
     for sink in s.progress.sinks() {
@@ -77,9 +73,9 @@ fn lag_bytes(s: &AdminState, sink: &SinkProgress, reader: ReaderId) -> u64 {
     if durable_seq >= s.journal.head() && s.journal.backlog(reader) == 0 {
         return 0;
     }
-    s.progress
-        .received_lsn
-        .load(Relaxed)
+    s.source
+        .received()
+        .0
         .saturating_sub(offset.position.commit_lsn.0)
 }
 
@@ -111,28 +107,28 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         "sluice_source_reconnects_total",
         "counter",
         "Replication reconnects.",
-        p.reconnects.load(Relaxed),
+        s.source.reconnects.load(Relaxed),
     );
     gauge(
         &mut text,
         "sluice_source_streaming",
         "gauge",
         "1 while the slot streams.",
-        p.streaming.load(Relaxed) as u64,
+        s.source.is_streaming() as u64,
     );
     gauge(
         &mut text,
         "sluice_source_received_lsn",
         "gauge",
         "Last WAL position received.",
-        p.received_lsn.load(Relaxed),
+        s.source.received().0,
     );
     gauge(
         &mut text,
         "sluice_slot_confirmed_lsn",
         "gauge",
         "Last WAL position confirmed to Postgres.",
-        p.confirmed_lsn.load(Relaxed),
+        s.source.acknowledged().0,
     );
     gauge(
         &mut text,
@@ -231,13 +227,8 @@ async fn metrics(State(s): State<AdminState>) -> Response {
 
 /// `GET /dlq`: every parked event, as `sluice dlq list --json` prints them.
 async fn dlq(State(s): State<AdminState>) -> Response {
-    let store = s.store.clone();
-    let listed =
-        tokio::task::spawn_blocking(move || store.lock().unwrap().dlq_list(&DlqFilter::default()))
-            .await;
-    match listed {
-        Ok(Ok(entries)) => Json(entries).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    match s.store.run(|s| s.dlq_list(&DlqFilter::default())).await {
+        Ok(entries) => Json(entries).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }
@@ -268,9 +259,9 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     Json(json!({
         "pipeline": s.pipeline,
         "source": {
-            "streaming": p.streaming.load(Relaxed),
-            "received_lsn": Lsn(p.received_lsn.load(Relaxed)).to_string(),
-            "confirmed_lsn": Lsn(p.confirmed_lsn.load(Relaxed)).to_string(),
+            "streaming": s.source.is_streaming(),
+            "received_lsn": s.source.received().to_string(),
+            "confirmed_lsn": s.source.acknowledged().to_string(),
             "events": p.events_read.load(Relaxed),
         },
         "sinks": sinks,

@@ -3,14 +3,15 @@
 //! A [`Stage`] maps each event of a batch to zero, one or many events, or an error (the
 //! WebAssembly host implements it; see `runtime/wasm`). A [`Chain`] runs stages in order.
 //! The pipeline-level chain runs once per source event, before fan-out to the sinks: the
-//! first sink driver that needs a result computes it for its whole batch and caches it in
-//! the event, the others reuse it. Each sink's own chain runs in its driver, after it.
+//! first sink driver that needs a result computes it for its whole batch and caches it on
+//! the journal record beside the event, the others reuse it. Each sink's own chain runs in its driver, after it.
 //! Outputs keep their source event's position (offsets count source events); the extra
 //! events of a fan-out are numbered (`id#k`).
 
 use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
+use crate::journal::Record;
 
 /// Why a stage failed one event.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,36 +139,31 @@ pub fn number(outputs: &mut [Arc<Event>]) {
 /// The pipeline-level chain, shared by every sink driver.
 pub type SharedChain = Arc<Mutex<Chain>>;
 
-/// The pipeline chain's outputs for `inputs`, computing (once, for all sinks) those not
-/// yet computed. An empty chain caches nothing: an event must never hold a reference to
-/// itself (it would never be freed).
-pub fn pipeline_outputs(chain: &SharedChain, inputs: &[Arc<Event>]) -> Vec<Arc<ChainOutput>> {
+/// The pipeline chain's outputs for the events of `records`, computing (once, for all
+/// sinks) those not yet computed and caching them on the records. An empty chain caches
+/// nothing: each event is its own output.
+pub fn pipeline_outputs(chain: &SharedChain, records: &[Arc<Record>]) -> Vec<Arc<ChainOutput>> {
     let mut chain = chain.lock().unwrap();
     if chain.is_empty() {
-        return inputs
+        return records
             .iter()
-            .map(|e| Arc::new(Ok(vec![e.clone()])))
+            .map(|r| Arc::new(Ok(vec![r.event.clone()])))
             .collect();
     }
-    let missing: Vec<Arc<Event>> = inputs
+    let missing: Vec<&Arc<Record>> = records
         .iter()
-        .filter(|e| e.staged.get().is_none())
-        .cloned()
+        .filter(|r| r.staged.get().is_none())
         .collect();
     if !missing.is_empty() {
-        for (event, result) in missing.iter().zip(chain.run(&missing)) {
-            let kept =
-                matches!(&result, Ok(outs) if outs.len() == 1 && Arc::ptr_eq(&outs[0], event));
-            let _ = event.staged.set((!kept).then(|| Arc::new(result)));
+        let events: Vec<Arc<Event>> = missing.iter().map(|r| r.event.clone()).collect();
+        for (record, result) in missing.iter().zip(chain.run(&events)) {
+            let _ = record.staged.set(Arc::new(result));
         }
     }
     drop(chain);
-    inputs
+    records
         .iter()
-        .map(|e| match e.staged.get().expect("computed above") {
-            Some(output) => output.clone(),
-            None => Arc::new(Ok(vec![e.clone()])),
-        })
+        .map(|r| r.staged.get().expect("computed above").clone())
         .collect()
 }
 
@@ -232,12 +228,17 @@ pub(crate) mod tests {
         Arc::new(e)
     }
 
+    fn record(e: &Arc<Event>) -> Arc<Record> {
+        Arc::new(Record::new(e.clone()))
+    }
+
     #[test]
     fn an_empty_chain_keeps_no_reference_to_the_event() {
         let chain: SharedChain = Arc::new(Mutex::new(Chain::default()));
         let e = event(0, 1);
-        let out = pipeline_outputs(&chain, std::slice::from_ref(&e));
-        drop(out);
+        let r = record(&e);
+        let out = pipeline_outputs(&chain, std::slice::from_ref(&r));
+        drop((out, r));
         assert_eq!(
             Arc::strong_count(&e),
             1,
@@ -291,7 +292,7 @@ pub(crate) mod tests {
         let chain: SharedChain = Arc::new(Mutex::new(Chain::new(vec![Box::new(Counting(
             calls.clone(),
         ))])));
-        let batch = vec![event(0, 1), event(1, 1)];
+        let batch = vec![record(&event(0, 1)), record(&event(1, 1))];
         let a = pipeline_outputs(&chain, &batch);
         let b = pipeline_outputs(&chain, &batch);
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2);
@@ -301,17 +302,21 @@ pub(crate) mod tests {
     #[test]
     fn a_kept_event_is_shared_computed_once_and_freed() {
         let chain: SharedChain = Arc::new(Mutex::new(Chain::new(vec![Box::new(ByN("a"))])));
-        let batch = vec![event(0, 3), event(1, 1)];
+        let events = [event(0, 3), event(1, 1)];
+        let batch: Vec<_> = events.iter().map(record).collect();
         let a = pipeline_outputs(&chain, &batch);
         let kept = a[0].as_ref().as_ref().unwrap();
-        assert!(Arc::ptr_eq(&kept[0], &batch[0]), "kept, not copied");
-        assert!(!Arc::ptr_eq(&a[1].as_ref().as_ref().unwrap()[0], &batch[1]));
+        assert!(Arc::ptr_eq(&kept[0], &events[0]), "kept, not copied");
+        assert!(!Arc::ptr_eq(
+            &a[1].as_ref().as_ref().unwrap()[0],
+            &events[1]
+        ));
         assert!(batch[0].staged.get().is_some(), "the outcome is cached");
         let b = pipeline_outputs(&chain, &batch);
-        assert!(Arc::ptr_eq(&b[0].as_ref().as_ref().unwrap()[0], &batch[0]));
-        drop((a, b));
+        assert!(Arc::ptr_eq(&b[0].as_ref().as_ref().unwrap()[0], &events[0]));
+        drop((a, b, batch));
         assert_eq!(
-            Arc::strong_count(&batch[0]),
+            Arc::strong_count(&events[0]),
             1,
             "a kept event must not hold itself"
         );

@@ -7,19 +7,22 @@ use std::time::Duration;
 
 use crate::admin::{self, AdminState};
 use crate::chain::{Chain, SharedChain, Stage};
-use crate::driver::{DeliverySettings, SinkDriver, SinkStop};
+use crate::config::DeliveryConfig;
+use crate::driver::{SinkDriver, SinkStop};
+use crate::feed::Feed;
 use crate::journal::{Journal, ReaderId};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 use crate::sink::Sink;
-use crate::source::{Source, SourceContext, SourceError};
-use crate::state::{StateError, StateStore};
+use crate::source::{Source, SourceError};
+use crate::state::{StateError, Store};
 
 /// A sink ready to run.
 pub struct SinkSpec {
     pub name: String,
     pub sink: Box<dyn Sink>,
-    pub settings: DeliverySettings,
+    /// The pipeline's `delivery:` with the sink's own laid over it.
+    pub delivery: DeliveryConfig,
     /// Hash of the sink's configuration, recorded with every event it parks.
     pub config_hash: String,
     /// The sink's own transforms, run after the pipeline's.
@@ -36,6 +39,9 @@ pub struct EngineOptions {
     pub drain_timeout: Duration,
     /// How often offsets are written to the state store at most.
     pub commit_interval: Duration,
+    /// How often the source acknowledges at least, when nothing advances
+    /// ([`crate::source::DEFAULT_ACK_INTERVAL`]).
+    pub ack_interval: Duration,
     /// The pipeline-level transforms, run once per event before fan-out to the sinks.
     pub transforms: Vec<Box<dyn Stage>>,
 }
@@ -59,14 +65,14 @@ pub enum EngineError {
 /// sink stopped (its offset is kept, so the next run resumes it).
 pub async fn run(
     options: EngineOptions,
-    store: StateStore,
+    store: Store,
     sinks: Vec<SinkSpec>,
     source: Box<dyn Source>,
     shutdown: Shutdown,
 ) -> Result<(), EngineError> {
-    let offsets = store.offsets()?;
+    let offsets = store.lock().offsets()?;
     for spec in &sinks {
-        store.set_sink_status(&spec.name, "running", None)?;
+        store.lock().set_sink_status(&spec.name, "running", None)?;
     }
     let progress = Progress::new(
         sinks
@@ -79,12 +85,12 @@ pub async fn run(
             })
             .collect(),
     );
-    let store = Arc::new(Mutex::new(store));
     let journal = Journal::new(options.journal_capacity);
     let readers: Vec<ReaderId> = sinks.iter().map(|_| journal.register()).collect();
 
     let admin_state = AdminState {
         pipeline: options.pipeline.clone(),
+        source: source.status(),
         progress: progress.clone(),
         journal: journal.clone(),
         readers: readers.clone(),
@@ -115,7 +121,7 @@ pub async fn run(
             sink: spec.sink,
             journal: journal.clone(),
             reader,
-            settings: spec.settings,
+            delivery: spec.delivery,
             progress: sink_progress.clone(),
             shutdown: shutdown.clone(),
             store: store.clone(),
@@ -134,7 +140,7 @@ pub async fn run(
             match &result {
                 Ok(()) => {
                     tracing::info!(sink = %sink_progress.name, "sink drained");
-                    if let Err(e) = store.lock().unwrap().set_sink_status(&sink_progress.name, "idle", None) {
+                    if let Err(e) = store.lock().set_sink_status(&sink_progress.name, "idle", None) {
                         tracing::warn!(error = %e, "cannot record the sink's status");
                     }
                 }
@@ -146,7 +152,7 @@ pub async fn run(
                     tracing::error!(sink = %sink_progress.name, %reason, "sink stopped; the slot keeps its WAL until it is fixed and restarted");
                     sink_progress.stop(reason.clone());
                     journal.detach(reader);
-                    let status = store.lock().unwrap().set_sink_status(&sink_progress.name, "stopped", Some(&reason));
+                    let status = store.lock().set_sink_status(&sink_progress.name, "stopped", Some(&reason));
                     if let Err(e) = status {
                         tracing::error!(error = %e, "cannot record the sink's status");
                     }
@@ -173,12 +179,15 @@ pub async fn run(
         })
     };
 
-    let ctx = SourceContext {
+    let source_result = Feed {
+        source,
         journal: journal.clone(),
         progress: progress.clone(),
         shutdown: shutdown.clone(),
-    };
-    let source_result = source.run(ctx).await;
+        ack_interval: options.ack_interval,
+    }
+    .run()
+    .await;
     if let Err(e) = &source_result {
         tracing::error!(error = %e, "source failed; draining sinks");
         shutdown.drain();
@@ -208,18 +217,14 @@ pub async fn run(
 
 /// Write finished offsets to the state store, at most every `interval`, and mark them
 /// durable so the source may confirm them to Postgres.
-async fn commit_offsets(
-    progress: Arc<Progress>,
-    store: Arc<Mutex<StateStore>>,
-    interval: Duration,
-) {
+async fn commit_offsets(progress: Arc<Progress>, store: Store, interval: Duration) {
     loop {
         tokio::time::sleep(interval).await;
         flush_offsets(&progress, &store).await;
     }
 }
 
-pub(crate) async fn flush_offsets(progress: &Arc<Progress>, store: &Arc<Mutex<StateStore>>) {
+pub(crate) async fn flush_offsets(progress: &Arc<Progress>, store: &Store) {
     let dirty: Vec<_> = progress
         .sinks()
         .iter()
@@ -229,21 +234,13 @@ pub(crate) async fn flush_offsets(progress: &Arc<Progress>, store: &Arc<Mutex<St
         return;
     }
     let rows: Vec<_> = dirty.iter().map(|(s, _, o)| (s.name.clone(), *o)).collect();
-    let store = store.clone();
-    let saved =
-        tokio::task::spawn_blocking(move || store.lock().unwrap().save_offsets(&rows)).await;
-    match saved {
-        Ok(Ok(())) => {
+    match store.run(move |s| s.save_offsets(&rows)).await {
+        Ok(()) => {
             for (sink, seq, offset) in dirty {
                 sink.mark_durable(seq, offset);
             }
         }
-        failed => {
-            let error = match failed {
-                Ok(Err(e)) => e.to_string(),
-                Err(e) => e.to_string(),
-                Ok(Ok(())) => unreachable!(),
-            };
+        Err(error) => {
             tracing::error!(%error, "cannot commit offsets; will retry, and the slot does not advance meanwhile");
             for (sink, _, _) in dirty {
                 sink.redirty();

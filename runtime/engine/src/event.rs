@@ -180,6 +180,20 @@ pub struct Message {
     pub headers: Value,
 }
 
+impl Message {
+    /// Every value of the message, in the envelope's order.
+    pub fn values(&self) -> [&Value; 6] {
+        [
+            &self.id,
+            &self.kind,
+            &self.aggregate_type,
+            &self.aggregate_id,
+            &self.payload,
+            &self.headers,
+        ]
+    }
+}
+
 /// One change, outbox row or logical message. See SPEC.md for the JSON form.
 #[derive(Debug)]
 pub struct Event {
@@ -199,10 +213,6 @@ pub struct Event {
     /// events) and get the id `<position>#k`.
     pub fanout: u32,
     json: OnceLock<Bytes>,
-    /// The pipeline-level transform chain's result for this event, computed once by the
-    /// first sink that needs it and shared by the others. `None`: the chain kept the event
-    /// as it was (holding the event itself here would keep it alive forever).
-    pub(crate) staged: OnceLock<Option<Arc<crate::chain::ChainOutput>>>,
 }
 
 impl Event {
@@ -218,7 +228,6 @@ impl Event {
             message: None,
             fanout: 0,
             json: OnceLock::new(),
-            staged: OnceLock::new(),
         }
     }
 
@@ -282,7 +291,6 @@ impl Clone for Event {
             message: self.message.clone(),
             fanout: self.fanout,
             json: OnceLock::new(),
-            staged: OnceLock::new(),
         }
     }
 }

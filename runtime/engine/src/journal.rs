@@ -12,23 +12,50 @@
 //! [`Journal::read`].
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::chain::ChainOutput;
 use crate::event::Event;
 use crate::lsn::Lsn;
 
-/// One record of the journal.
+/// One entry of the journal.
 #[derive(Clone, Debug)]
 pub enum Entry {
     /// A change, outbox row or message.
-    Event(Arc<Event>),
+    Event(Arc<Record>),
     /// The end of a transaction: everything of `commit_lsn` before it is in the journal.
     /// A sink that has delivered up to here may let Postgres forget WAL before `end_lsn`.
     Commit { commit_lsn: Lsn, end_lsn: Lsn },
+}
+
+impl Entry {
+    /// An entry for a new event.
+    pub fn event(event: Event) -> Entry {
+        Entry::Event(Arc::new(Record::new(Arc::new(event))))
+    }
+}
+
+/// A journaled event and what is derived from it once for every sink. The event stays
+/// plain data; derived results live here, beside it.
+#[derive(Debug)]
+pub struct Record {
+    pub event: Arc<Event>,
+    /// The pipeline-level transform chain's result for this event, computed by the first
+    /// sink driver that needs it and shared by the others ([`crate::chain::pipeline_outputs`]).
+    pub(crate) staged: OnceLock<Arc<ChainOutput>>,
+}
+
+impl Record {
+    pub fn new(event: Arc<Event>) -> Self {
+        Record {
+            event,
+            staged: OnceLock::new(),
+        }
+    }
 }
 
 /// Identifies one reader (one sink).

@@ -2,12 +2,15 @@
 //!
 //! Each sink driver records what it has delivered ([`SinkProgress::advance`]); the offset
 //! committer makes that durable in the state store and marks it
-//! ([`SinkProgress::mark_durable`]); the source's status task asks
-//! [`Progress::confirmable_lsn`] what it may report to Postgres as flushed. Only durable
-//! positions count, so the slot never forgets WAL that a crash would need.
+//! ([`SinkProgress::mark_durable`]); the engine's acknowledgement task asks
+//! [`Progress::confirmable_lsn`] what the source may acknowledge upstream, and wakes on
+//! [`Progress::durable_changes`]. Only durable positions count, so the slot never forgets
+//! WAL that a crash would need.
 
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
 
 use crate::lsn::{Lsn, Position};
 
@@ -54,6 +57,8 @@ pub struct SinkProgress {
     pub name: String,
     pub counters: SinkCounters,
     state: Mutex<SinkState>,
+    /// Bumped whenever a sink's durable position moves or it stops.
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl SinkProgress {
@@ -77,6 +82,8 @@ impl SinkProgress {
         let mut s = self.state.lock().unwrap();
         s.durable_seq = s.durable_seq.max(done_seq);
         s.durable = offset;
+        drop(s);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     /// Take what is not yet written to the state store.
@@ -86,6 +93,8 @@ impl SinkProgress {
             // Nothing new to write, but entries without events (commits) may have finished.
             if s.done_seq > s.durable_seq && s.offset == s.durable {
                 s.durable_seq = s.done_seq;
+                drop(s);
+                self.changed.send_modify(|n| *n += 1);
             }
             return None;
         }
@@ -106,6 +115,7 @@ impl SinkProgress {
     /// Stop this sink for good in this run, with the reason shown in `status`.
     pub fn stop(&self, reason: String) {
         self.state.lock().unwrap().stopped = Some(reason);
+        self.changed.send_modify(|n| *n += 1);
     }
 
     pub fn stopped(&self) -> Option<String> {
@@ -122,25 +132,22 @@ struct IdleMark {
     wal_end: Lsn,
 }
 
-/// Progress of the whole pipeline: the source's and every sink's.
+/// Progress of the whole pipeline: what the engine appended, and every sink's position.
+/// (What the source knows of its upstream is in [`crate::source::SourceStatus`].)
 pub struct Progress {
     sinks: Vec<Arc<SinkProgress>>,
     idle: Mutex<Option<IdleMark>>,
-    /// The last WAL position the source received.
-    pub received_lsn: AtomicU64,
-    /// The server's WAL end as last reported (keepalives and data).
-    pub server_wal_end: AtomicU64,
-    /// The last LSN reported to Postgres as flushed.
-    pub confirmed_lsn: AtomicU64,
-    pub streaming: AtomicBool,
+    changed: Arc<watch::Sender<u64>>,
+    /// Events appended to the journal.
     pub events_read: AtomicU64,
+    /// Transactions appended to the journal.
     pub transactions_read: AtomicU64,
-    pub reconnects: AtomicU64,
 }
 
 impl Progress {
     /// `sinks`: each sink's name and its committed offset from the state store.
     pub fn new(sinks: Vec<(String, Offset)>) -> Arc<Self> {
+        let changed = Arc::new(watch::channel(0).0);
         let sinks = sinks
             .into_iter()
             .map(|(name, offset)| {
@@ -152,20 +159,45 @@ impl Progress {
                         durable: offset,
                         ..Default::default()
                     }),
+                    changed: changed.clone(),
                 })
             })
             .collect();
         Arc::new(Progress {
             sinks,
             idle: Mutex::new(None),
-            received_lsn: AtomicU64::new(0),
-            server_wal_end: AtomicU64::new(0),
-            confirmed_lsn: AtomicU64::new(0),
-            streaming: AtomicBool::new(false),
+            changed,
             events_read: AtomicU64::new(0),
             transactions_read: AtomicU64::new(0),
-            reconnects: AtomicU64::new(0),
         })
+    }
+
+    /// Changes whenever a sink's durable position moves or a sink stops.
+    pub fn durable_changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// Resolves once every sink has durably finished the journal up to `head`, or stopped.
+    pub async fn settled(&self, head: u64) {
+        let mut changes = self.durable_changes();
+        loop {
+            let settled = self
+                .sinks
+                .iter()
+                .all(|s| s.stopped().is_some() || s.durable().0 >= head);
+            if settled || changes.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The highest position any sink committed before this run or since.
+    pub fn last_committed(&self) -> Position {
+        self.sinks
+            .iter()
+            .map(|s| s.durable().1.position)
+            .max()
+            .unwrap_or(Position::ZERO)
     }
 
     pub fn sinks(&self) -> &[Arc<SinkProgress>] {

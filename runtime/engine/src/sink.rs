@@ -4,6 +4,8 @@
 //! across retries, dead-lettering and shutdown live once, in the engine
 //! ([`crate::driver`]). A connector never sleeps to retry and never drops an event.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,6 +53,9 @@ impl Delivery {
     }
 }
 
+/// The answers to a batch handed to [`Sink::send`], once the destination gave them.
+pub type Pending = Pin<Box<dyn Future<Output = Vec<Delivery>> + Send + 'static>>;
+
 /// A destination of events.
 ///
 /// Contract for implementors:
@@ -60,8 +65,9 @@ impl Delivery {
 ///   When an event fails, every later event of its key, and every event after the next
 ///   barrier, must be answered [`Delivery::Deferred`] without being attempted.
 ///   [`crate::lanes::plan`] does this bookkeeping.
-/// - **Concurrency**: the engine calls `write` on one sink from one task, one batch at a
-///   time; a sink may parallelise inside a batch.
+/// - **Concurrency**: the engine calls `write` (or `send`) on one sink from one task, one
+///   call at a time; a sink may parallelise inside a batch. With [`Sink::max_in_flight`]
+///   above 1, the futures `send` returns for several batches are pending at once.
 /// - **Idempotence**: delivery is at-least-once. After a crash or a retry the same event
 ///   (same id, same position) may be written again; a sink makes that harmless where the
 ///   destination allows (external versions, fences, stable ids).
@@ -70,6 +76,25 @@ impl Delivery {
 pub trait Sink: Send {
     /// Write a batch and say, per event, what happened.
     async fn write(&mut self, batch: &[Arc<Event>]) -> Vec<Delivery>;
+
+    /// How many batches may be handed over before the first one is answered. Default 1:
+    /// each batch is answered before the next is sent. A sink whose destination
+    /// acknowledges asynchronously (Kafka's delivery reports) raises it and implements
+    /// [`Sink::send`]; the engine still takes the answers in order, so offsets advance in
+    /// order. It must then keep per-key order across batches itself (a later send of a
+    /// key must not take effect before an earlier one that is retried), as an idempotent
+    /// Kafka producer does per partition. `dlq.on_key: hold` forces 1.
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    /// Hand a batch over, in order after the batches handed over before, and return the
+    /// future of its answers (same contract as [`Sink::write`]). The default writes the
+    /// batch now and returns answers that are ready.
+    async fn send(&mut self, batch: &[Arc<Event>]) -> Pending {
+        let answers = self.write(batch).await;
+        Box::pin(std::future::ready(answers))
+    }
 
     /// Check that the destination is reachable and accepts us; used by
     /// `sluice validate --connect`. Defaults to no check.

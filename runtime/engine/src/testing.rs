@@ -36,3 +36,58 @@ pub fn insert(table: &str, commit_lsn: u64, index: u32) -> Arc<Event> {
     e.key = Some(id_row(index.into()));
     Arc::new(e)
 }
+
+/// Pipeline-file tests: a small valid pipeline (Postgres to a webhook), whose lines tests
+/// change with [`with_lines`]. `${DATABASE_URL}` must be set.
+pub const PIPELINE: &[&str] = &[
+    "pipeline: orders",               // 1
+    "source:",                        // 2
+    "  type: postgres",               // 3
+    "  url: ${DATABASE_URL}",         // 4
+    "  tables: [public.orders]",      // 5
+    "sinks:",                         // 6
+    "  notify:",                      // 7
+    "    type: webhook",              // 8
+    "    url: http://127.0.0.1:8080", // 9
+];
+
+/// Pipeline-file tests: the file whose line `n` is `lines[n - 1]`.
+pub fn yaml(lines: &[&str]) -> String {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// Pipeline-file tests: `base` with line `n` replaced by `text` for each `(n, text)`; a
+/// line past the end is appended.
+pub fn with_lines(base: &[&'static str], changes: &[(usize, &'static str)]) -> Vec<&'static str> {
+    let mut lines = base.to_vec();
+    for &(line, text) in changes {
+        if line > lines.len() {
+            lines.push(text);
+        } else {
+            lines[line - 1] = text;
+        }
+    }
+    lines
+}
+
+/// Pipeline-file tests: the error of a rejected file, after checking that it points at
+/// `line`, `column` and `key`.
+#[track_caller]
+pub fn rejected_at<T>(
+    result: Result<T, crate::config::ConfigError>,
+    line: usize,
+    column: usize,
+    key: &str,
+) -> crate::config::ConfigError {
+    let Err(e) = result else {
+        panic!("the file should be rejected (at {line}:{column} {key})")
+    };
+    assert_eq!(
+        (e.line, e.column, e.key.as_str()),
+        (line, column, key),
+        "wrong place for: {e}"
+    );
+    e
+}

@@ -162,7 +162,7 @@ pub(crate) fn with_batch<R>(
         let rows = [row(&e.key), row(&e.before), row(&e.after)];
         let unchanged = (!e.unchanged.is_empty()).then(|| names.columns(e.unchanged.iter()));
         if let Some(m) = &e.message {
-            for v in message_values(m) {
+            for v in m.values() {
                 texts.push_array(v);
             }
         }
@@ -187,7 +187,7 @@ pub(crate) fn with_batch<R>(
         spans.push(span);
         messages.push(e.message.as_ref().map(|m| {
             let [id, kind, aggregate_type, aggregate_id, payload, headers] =
-                message_values(m).map(|v| value_param(v, text, &mut arrays));
+                m.values().map(|v| value_param(v, text, &mut arrays));
             wit::MessageParam {
                 id,
                 kind,
@@ -251,17 +251,6 @@ pub(crate) fn with_batch<R>(
     scratch.events = recycle(params);
     scratch.values = recycle(values);
     result
-}
-
-fn message_values(m: &Message) -> [&Value; 6] {
-    [
-        &m.id,
-        &m.kind,
-        &m.aggregate_type,
-        &m.aggregate_id,
-        &m.payload,
-        &m.headers,
-    ]
 }
 
 fn op_to_wit(op: Op) -> wit::Op {

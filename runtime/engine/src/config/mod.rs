@@ -3,11 +3,12 @@
 //! [`load`] reads a pipeline file (YAML, one document) into a checked [`Pipeline`]:
 //! `${VAR}` / `${VAR:-default}` in string values are read from the environment (`$$` is a
 //! literal `$`), defaults are applied, each sink's `delivery:` is laid over the pipeline's,
-//! and every problem — a YAML syntax error, an unknown key, a missing variable, an unknown sink
-//! type, a missing wasm file — is a [`ConfigError`] that names the file, the line, the column
-//! and the key. A sink reads its own keys with [`SinkSection::parse`], whose errors are
-//! located the same way; [`Pipeline::error`] and [`SinkSection::error`] locate the errors of
-//! checks made after loading (e.g. a feature this build refuses).
+//! and every problem — a YAML syntax error, an unknown key, a missing variable, an unknown
+//! source or sink type, a missing wasm file — is a [`ConfigError`] that names the file, the
+//! line, the column and the key. The source and each sink read their own keys with
+//! [`SourceSection::parse`] and [`SinkSection::parse`], whose errors are located the same
+//! way; [`Pipeline::error`], [`SourceSection::error`] and [`SinkSection::error`] locate the
+//! errors of checks made after loading (e.g. a feature this build refuses).
 
 pub mod duration;
 pub mod secret;
@@ -27,20 +28,22 @@ use serde_json::Value;
 
 pub use error::ConfigError;
 pub use model::{
-    BatchConfig, DeliveryConfig, DlqConfig, OnKey, OutboxConfig, Pipeline, RetryConfig,
-    SinkSection, Snapshot, SourceConfig, TableName, TransformConfig,
+    BatchConfig, DeliveryConfig, DlqConfig, OnKey, Pipeline, RetryConfig, SinkSection,
+    SourceSection, TableName, TransformConfig,
 };
 pub use secret::Secret;
+
+use crate::registry::Registry;
 
 use error::{join, Locator};
 use tree::{child, Kind, Node, Scalar};
 
 /// Reads and checks the pipeline file at `path`. `${VAR}` is read from this process's
-/// environment. `sink_types` are the sink `type`s this build knows.
-pub fn load(path: &Path, sink_types: &[&str]) -> Result<Pipeline, ConfigError> {
+/// environment. `registry` holds the source and sink `type`s this build knows.
+pub fn load(path: &Path, registry: &Registry) -> Result<Pipeline, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::unlocated(path, "", format!("cannot read: {e}")))?;
-    load_str(&text, path, sink_types, &|name| std::env::var(name).ok())
+    load_str(&text, path, registry, &|name| std::env::var(name).ok())
 }
 
 /// Checks a pipeline file's text. `file` is only used in errors (and kept in
@@ -48,7 +51,7 @@ pub fn load(path: &Path, sink_types: &[&str]) -> Result<Pipeline, ConfigError> {
 pub fn load_str(
     text: &str,
     file: &Path,
-    sink_types: &[&str],
+    registry: &Registry,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Pipeline, ConfigError> {
     let root = match tree::parse(text) {
@@ -99,7 +102,7 @@ pub fn load_str(
         ));
     }
 
-    let source = source(raw.source, &name, &locator)?;
+    let source = source(value.get("source"), &name, registry, &locator)?;
     let transforms = transforms(raw.transforms, "transforms", &locator)?;
 
     let delivery = raw.delivery;
@@ -118,7 +121,7 @@ pub fn load_str(
     let sinks = sinks(
         sinks_node,
         value.get("sinks"),
-        sink_types,
+        &registry.sink_names(),
         &delivery,
         &delivery_json,
         &locator,
@@ -167,8 +170,9 @@ const TOP_KEYS: &str = "pipeline, source, transforms, sinks, delivery, state, ad
 struct RawPipeline {
     /// The pipeline's name.
     pipeline: String,
-    /// Where events come from.
-    source: RawSource,
+    /// Where events come from: read by [`source`], then by the source's connector.
+    #[allow(dead_code)]
+    source: IgnoredAny,
     /// The pipeline-level transform chain.
     #[serde(default)]
     transforms: Vec<TransformConfig>,
@@ -187,46 +191,6 @@ struct RawPipeline {
     admin: Option<String>,
 }
 
-/// `source:` as written; see [`SourceConfig`] for what each key means.
-#[derive(Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map with `type: postgres`, `url`, `tables` and the other source keys"
-)]
-struct RawSource {
-    /// Always `postgres`.
-    #[serde(rename = "type")]
-    #[allow(dead_code)]
-    kind: SourceType,
-    /// Connection URL.
-    url: Secret,
-    /// Replication slot.
-    #[serde(default)]
-    slot: Option<String>,
-    /// Publication.
-    #[serde(default)]
-    publication: Option<String>,
-    /// Captured tables.
-    #[serde(default)]
-    tables: Vec<TableName>,
-    /// Outbox table.
-    #[serde(default)]
-    outbox: Option<OutboxConfig>,
-    /// Logical message prefixes.
-    #[serde(default)]
-    messages: Vec<String>,
-    /// Initial snapshot or not.
-    #[serde(default)]
-    snapshot: Snapshot,
-}
-
-/// The source types there are.
-#[derive(Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum SourceType {
-    Postgres,
-}
-
 fn de<T: DeserializeOwned>(
     locator: &Locator,
     prefix: &str,
@@ -242,77 +206,94 @@ fn is_name(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
-fn source(raw: RawSource, pipeline: &str, locator: &Locator) -> Result<SourceConfig, ConfigError> {
-    if raw.url.expose().trim().is_empty() {
-        return Err(locator.error("source.url", "the connection URL is empty"));
-    }
-    let default = format!("sluice_{}", pipeline.replace('-', "_"));
-    let slot = pg_name(raw.slot, "slot", &default, locator)?;
-    let publication = pg_name(raw.publication, "publication", &default, locator)?;
-
-    if raw.tables.is_empty() && raw.outbox.is_none() && raw.messages.is_empty() {
+/// Reads `source:`: its `type`, one this build knows; its other keys are the connector's.
+fn source(
+    value: Option<&Value>,
+    pipeline: &str,
+    registry: &Registry,
+    locator: &Arc<Locator>,
+) -> Result<SourceSection, ConfigError> {
+    let known = registry
+        .source_names()
+        .iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let Some(Value::Object(map)) = value.cloned() else {
         return Err(locator.error(
-            "source.tables",
-            "there is nothing to capture: list at least one table (or set `outbox` or `messages`)",
+            "source",
+            format!("expected a map with the source's `type` ({known}) and its keys"),
         ));
-    }
-    for (i, t) in raw.tables.iter().enumerate() {
-        if raw.tables[..i].contains(t) {
+    };
+    let mut map = map;
+    let kind = match map.remove("type") {
+        None => {
+            return Err(missing_type(
+                &map,
+                "source",
+                "the source's",
+                &known,
+                locator,
+            ))
+        }
+        Some(Value::String(kind)) if registry.source(&kind).is_some() => kind,
+        Some(other) => {
+            let shown = other
+                .as_str()
+                .map_or_else(|| other.to_string(), str::to_string);
             return Err(locator.error(
-                &format!("source.tables[{i}]"),
-                format!("`{t}` is listed twice"),
+                "source.type",
+                format!("unknown source type `{shown}` (known: {known})"),
             ));
         }
-    }
-    for (i, m) in raw.messages.iter().enumerate() {
-        if m.is_empty() {
-            return Err(locator.error(
-                &format!("source.messages[{i}]"),
-                "a message prefix cannot be empty",
-            ));
-        }
-    }
-    Ok(SourceConfig {
-        url: raw.url,
-        slot,
-        publication,
-        tables: raw.tables,
-        outbox: raw.outbox,
-        messages: raw.messages,
-        snapshot: raw.snapshot,
-    })
+    };
+    Ok(SourceSection::from_file(
+        kind,
+        pipeline.to_string(),
+        Value::Object(map),
+        Arc::clone(locator),
+    ))
 }
 
-/// A slot or publication name: as given, or the default; `[a-z0-9_]{1,63}` either way.
-fn pg_name(
-    given: Option<String>,
-    what: &str,
-    default: &str,
+/// A section without `type`: point at a key that looks like a misspelt `type`, if any, or
+/// at the section.
+fn missing_type(
+    map: &serde_json::Map<String, Value>,
+    path: &str,
+    whose: &str,
+    known: &str,
     locator: &Locator,
-) -> Result<String, ConfigError> {
-    let key = format!("source.{what}");
-    let valid = |s: &str| {
-        (1..=63).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    };
-    match given {
-        Some(name) if valid(&name) => Ok(name),
-        Some(name) => Err(locator.error(
-            &key,
-            format!(
-                "`{name}` is not a valid {what} name: 1 to 63 lower-case letters, digits and _"
-            ),
-        )),
-        None if valid(default) => Ok(default.to_string()),
-        None => Err(locator.error(
-            &key,
-            format!(
-                "the default {what} name `{default}` is longer than 63 characters; \
-                 set `{what}` or shorten the pipeline's name"
-            ),
-        )),
+) -> ConfigError {
+    let misspelt = map.keys().find(|k| {
+        let k = k.to_ascii_lowercase();
+        k != "type" && (k.starts_with("typ") || k == "kind" || edit_distance(&k, "type") <= 1)
+    });
+    match misspelt {
+        Some(k) => locator.error(
+            &child(path, k),
+            format!("unknown key `{k}`; {whose} type is set with `type` ({known})"),
+        ),
+        None => locator.error(
+            &child(path, "type"),
+            format!("this key is required: {whose} type ({known})"),
+        ),
     }
+}
+
+/// Levenshtein distance of two short strings.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Checks a transform chain at `prefix` (`transforms` or `sinks.<name>.transforms`).
@@ -393,12 +374,7 @@ fn sinks(
             ));
         };
         let kind = match map.remove("type") {
-            None => {
-                return Err(locator.error(
-                    &child(&path, "type"),
-                    format!("this key is required: the sink's type ({known})"),
-                ))
-            }
+            None => return Err(missing_type(&map, &path, "the sink's", &known, locator)),
             Some(Value::String(kind)) if sink_types.contains(&kind.as_str()) => kind,
             Some(Value::String(kind)) => {
                 return Err(locator.error(

@@ -11,10 +11,10 @@ use serde::de::{self, DeserializeOwned, Deserializer, Visitor};
 use serde::Deserialize;
 use serde_json::Value;
 
+use super::duration;
 use super::error::{ConfigError, Locator};
-use super::{duration, Secret};
 
-/// One pipeline: a Postgres source, transforms, and the sinks its events fan out to.
+/// One pipeline: a source, transforms, and the sinks its events fan out to.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct Pipeline {
@@ -23,8 +23,8 @@ pub struct Pipeline {
     pub name: String,
     /// The file this pipeline was read from.
     pub file: PathBuf,
-    /// Where events come from.
-    pub source: SourceConfig,
+    /// Where events come from: the source's section, for its connector to read.
+    pub source: SourceSection,
     /// The pipeline-level transform chain, applied to every event before fan-out.
     pub transforms: Vec<TransformConfig>,
     /// The sinks, in the order the file lists them. There is at least one.
@@ -71,29 +71,6 @@ impl fmt::Debug for Pipeline {
             .field("admin", &self.admin)
             .finish_non_exhaustive()
     }
-}
-
-/// `source:`: a PostgreSQL database read through logical replication (`type: postgres`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct SourceConfig {
-    /// Connection URL, e.g. `postgres://sluice:${PGPASSWORD}@db:5432/app`. The user needs the
-    /// REPLICATION attribute. Never printed.
-    pub url: Secret,
-    /// Replication slot; created if missing. Default `sluice_<pipeline>` (`-` becomes `_`);
-    /// `a-z`, `0-9` and `_`, at most 63 characters.
-    pub slot: String,
-    /// Publication; created for `tables` if missing. Default and rules as for `slot`.
-    pub publication: String,
-    /// Tables whose row changes become events, as `schema.table` or `table` (schema
-    /// `public`). Unquoted names are folded to lower case as Postgres does; quote a name that
-    /// is not, e.g. `'public."Order Lines"'`. At least one unless `outbox` or `messages` is set.
-    pub tables: Vec<TableName>,
-    /// An outbox table whose inserted rows become events of their own type.
-    pub outbox: Option<OutboxConfig>,
-    /// `pg_logical_emit_message` prefixes captured as events.
-    pub messages: Vec<String>,
-    /// `initial`: copy `tables` consistently before streaming; `never` (default): stream only.
-    pub snapshot: Snapshot,
 }
 
 /// A table: `schema.name`.
@@ -224,35 +201,6 @@ impl<'de> Deserialize<'de> for TableName {
         }
         d.deserialize_str(V)
     }
-}
-
-/// `source.outbox:`: rows inserted into an outbox table are captured from the WAL (never
-/// polled) and become events of their own `type`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
-#[serde(
-    deny_unknown_fields,
-    expecting = "a map with `table` and `delete_after_capture`"
-)]
-pub struct OutboxConfig {
-    /// The outbox table. Its columns: `id`, `aggregate_type`, `aggregate_id`, `type`,
-    /// `payload` (jsonb) and optionally `headers` (jsonb).
-    pub table: TableName,
-    /// Set to `true` when the application deletes each outbox row in the same transaction
-    /// that inserts it (the documented recipe); the deletes are then not reported.
-    /// Default `false`.
-    #[serde(default)]
-    pub delete_after_capture: bool,
-}
-
-/// `source.snapshot:`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Snapshot {
-    /// Copy the rows of `tables` consistently before streaming changes.
-    Initial,
-    /// Only stream changes from the slot's position on (the default).
-    #[default]
-    Never,
 }
 
 /// A WebAssembly transform in a chain.
@@ -559,23 +507,100 @@ impl SinkSection {
         )
     }
 
-    fn path(&self, field: &str) -> String {
-        super::error::join(&format!("sinks.{}", self.name), field)
-    }
-
     /// Reads the sink's own keys into `T` (which should be `#[serde(deny_unknown_fields)]`).
     /// Errors name the key as `sinks.<name>.<key>` and point at it in the file.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        serde_path_to_error::deserialize(&self.config)
-            .map_err(|e| self.locator.serde_error(&self.path(""), e))
+        parse_keys(&self.locator, &format!("sinks.{}", self.name), &self.config)
     }
 
     /// An error about the sink's key `field` (e.g. `url`, `headers.x-tenant`; `""` for the
     /// sink as a whole), pointing at it in the file. Values that came from the environment
     /// are kept out of the message.
     pub fn error(&self, field: &str, message: impl fmt::Display) -> ConfigError {
-        self.locator.error(&self.path(field), message)
+        self.locator.error(
+            &super::error::join(&format!("sinks.{}", self.name), field),
+            message,
+        )
     }
+}
+
+/// `source:`. The key every source has (`type`) is read here; the source's own keys are in
+/// [`SourceSection::config`], for its connector to read with [`SourceSection::parse`].
+#[derive(Clone)]
+pub struct SourceSection {
+    /// The source's `type`, e.g. `postgres`.
+    pub kind: String,
+    /// The pipeline's name (source defaults such as slot names derive from it).
+    pub pipeline: String,
+    /// The source's remaining keys, as a JSON object.
+    pub config: Value,
+    /// `config` with secrets masked, for `Debug`.
+    shown: Value,
+    locator: Arc<Locator>,
+}
+
+impl SourceSection {
+    pub(crate) fn from_file(
+        kind: String,
+        pipeline: String,
+        config: Value,
+        locator: Arc<Locator>,
+    ) -> Self {
+        let shown = masked(&config, "source", &locator);
+        SourceSection {
+            kind,
+            pipeline,
+            config,
+            shown,
+            locator,
+        }
+    }
+
+    /// A section that was not read from a file (tests, pipelines built in code). Its errors
+    /// point at no line.
+    pub fn new(kind: impl Into<String>, pipeline: impl Into<String>, config: Value) -> Self {
+        let locator = Arc::new(Locator::new(Path::new("<no file>")));
+        SourceSection::from_file(kind.into(), pipeline.into(), config, locator)
+    }
+
+    /// Reads the source's own keys into `T` (which should be `#[serde(deny_unknown_fields)]`).
+    /// Errors name the key as `source.<key>` and point at it in the file.
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
+        parse_keys(&self.locator, "source", &self.config)
+    }
+
+    /// An error about the source's key `field` (e.g. `url`, `tables[1]`; `""` for the
+    /// source as a whole), pointing at it in the file, or at its nearest written ancestor
+    /// when it is not written (a default). Values from the environment stay out of it.
+    pub fn error(&self, field: &str, message: impl fmt::Display) -> ConfigError {
+        self.locator
+            .error(&super::error::join("source", field), message)
+    }
+
+    /// Whether the value at `field` came from the environment (`${VAR}`).
+    pub fn is_interpolated(&self, field: &str) -> bool {
+        self.locator
+            .is_interpolated(&super::error::join("source", field))
+    }
+}
+
+impl fmt::Debug for SourceSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSection")
+            .field("kind", &self.kind)
+            .field("pipeline", &self.pipeline)
+            .field("config", &self.shown)
+            .finish()
+    }
+}
+
+/// A section's own keys read into `T`, errors located under `prefix`.
+fn parse_keys<T: DeserializeOwned>(
+    locator: &Locator,
+    prefix: &str,
+    config: &Value,
+) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(config).map_err(|e| locator.serde_error(prefix, e))
 }
 
 impl fmt::Debug for SinkSection {

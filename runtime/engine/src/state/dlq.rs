@@ -6,10 +6,13 @@
 //! the same key, `dlq.on_key: hold`) or `replay` (an operator asked to send it again; the
 //! running pipeline picks it up within a second, or the next run does).
 
-use rusqlite::{params, params_from_iter, Row};
+use std::collections::{HashMap, HashSet};
+
+use rusqlite::{params, params_from_iter, OptionalExtension, Row};
 use serde::Serialize;
 
-use super::{now, StateError, StateStore};
+use super::sqlite::{error_at, now};
+use super::{DeadLetters, SqliteStore, StateError};
 use crate::lsn::{Lsn, Position};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -151,15 +154,25 @@ fn entry(r: &Row) -> rusqlite::Result<DlqEntry> {
     })
 }
 
-impl StateStore {
-    /// Park events durably, in one transaction. An event parked before keeps its row: its
-    /// attempts grow and its error and last failure time are updated.
-    pub fn park(&mut self, entries: &[NewDlqEntry]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let err = |source| StateError {
-            path: path.clone(),
-            source,
-        };
+impl SqliteStore {
+    /// Move [`DeadLetters::dlq_version`]: an operator changed the queue.
+    fn bump_version(&self) -> Result<(), StateError> {
+        self.conn
+            .execute(
+                "insert into meta (key, value) values ('dlq_version', '1')
+                 on conflict (key) do update set value = cast(cast(value as integer) + 1 as text)",
+                [],
+            )
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+}
+
+impl DeadLetters for SqliteStore {
+    /// An event parked before keeps its row: its attempts grow and its error and last
+    /// failure time are updated.
+    fn park(&mut self, entries: &[NewDlqEntry]) -> Result<(), StateError> {
+        let err = error_at(&self.path);
         let tx = self.conn.transaction().map_err(err)?;
         {
             let mut stmt = tx
@@ -197,8 +210,7 @@ impl StateStore {
         tx.commit().map_err(err)
     }
 
-    /// Entries matching `filter`, in stream order.
-    pub fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StateError> {
+    fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StateError> {
         let (clause, args) = filter.sql();
         let sql = format!("select {COLUMNS} from dlq{clause} order by sink, commit_lsn, idx");
         let mut stmt = self.conn.prepare(&sql).map_err(|e| self.err(e))?;
@@ -208,8 +220,7 @@ impl StateStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Entries of `sink` in a given state, in stream order.
-    pub fn dlq_in_state(&self, sink: &str, state: DlqState) -> Result<Vec<DlqEntry>, StateError> {
+    fn dlq_in_state(&self, sink: &str, state: DlqState) -> Result<Vec<DlqEntry>, StateError> {
         let sql = format!(
             "select {COLUMNS} from dlq where sink = ?1 and state = ?2 order by commit_lsn, idx"
         );
@@ -220,9 +231,53 @@ impl StateStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Ask for entries to be sent again. Events held behind a requested entry come along,
-    /// after it. Returns how many entries will be replayed.
-    pub fn dlq_request_replay(&self, filter: &DlqFilter) -> Result<usize, StateError> {
+    fn dlq_ids_after(&self, sink: &str, after: Position) -> Result<HashSet<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "select event_id from dlq where sink = ?1
+                  and (commit_lsn > ?2 or (commit_lsn = ?2 and idx > ?3))",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(
+                params![sink, after.commit_lsn.0 as i64, i64::from(after.index)],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn dlq_hold_heads(&self, sink: &str) -> Result<HashMap<String, String>, StateError> {
+        // The first entry per key in stream order holds the key.
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "select ordering_key, event_id from dlq
+                  where sink = ?1 and held_behind is null and state != 'held' and ordering_key is not null
+                  order by commit_lsn desc, idx desc",
+            )
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([sink], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
+    }
+
+    fn dlq_version(&self) -> Result<u64, StateError> {
+        let v: Option<String> = self
+            .conn
+            .query_row(
+                "select value from meta where key = 'dlq_version'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| self.err(e))?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
+    }
+
+    fn dlq_request_replay(&self, filter: &DlqFilter) -> Result<usize, StateError> {
         let (clause, args) = filter.sql();
         let ids: Vec<(i64, String, String)> = {
             let sql = format!("select id, sink, event_id from dlq{clause}");
@@ -248,12 +303,11 @@ impl StateStore {
                 )
                 .map_err(|e| self.err(e))?;
         }
+        self.bump_version()?;
         Ok(n)
     }
 
-    /// Delete entries. Events held behind a purged entry are released: they are replayed.
-    /// Returns how many entries were deleted.
-    pub fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, StateError> {
+    fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, StateError> {
         let doomed = self.dlq_list(filter)?;
         for e in &doomed {
             self.conn
@@ -267,19 +321,18 @@ impl StateStore {
                 )
                 .map_err(|e| self.err(e))?;
         }
+        self.bump_version()?;
         Ok(doomed.len())
     }
 
-    /// A replayed event got through: forget it.
-    pub fn dlq_resolve(&self, id: i64) -> Result<(), StateError> {
+    fn dlq_resolve(&self, id: i64) -> Result<(), StateError> {
         self.conn
             .execute("delete from dlq where id = ?1", [id])
             .map(drop)
             .map_err(|e| self.err(e))
     }
 
-    /// Put a replayed entry back in a state (it failed again, or waits behind one that did).
-    pub fn dlq_set_state(&self, id: i64, state: DlqState) -> Result<(), StateError> {
+    fn dlq_set_state(&self, id: i64, state: DlqState) -> Result<(), StateError> {
         self.conn
             .execute(
                 "update dlq set state = ?2 where id = ?1",
@@ -289,8 +342,7 @@ impl StateStore {
             .map_err(|e| self.err(e))
     }
 
-    /// How many entries each sink has (parked, held and waiting for replay).
-    pub fn dlq_depths(&self) -> Result<Vec<(String, i64)>, StateError> {
+    fn dlq_depths(&self) -> Result<Vec<(String, i64)>, StateError> {
         let mut stmt = self
             .conn
             .prepare_cached("select sink, count(*) from dlq group by sink")
@@ -301,8 +353,7 @@ impl StateStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
-    /// Whether replays are waiting for `sink`.
-    pub fn dlq_has_replay(&self, sink: &str) -> Result<bool, StateError> {
+    fn dlq_has_replay(&self, sink: &str) -> Result<bool, StateError> {
         self.conn
             .query_row(
                 "select exists (select 1 from dlq where sink = ?1 and state = 'replay')",
@@ -342,27 +393,24 @@ mod tests {
         }
     }
 
-    fn store(name: &str) -> (StateStore, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("sluice-dlq-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        (StateStore::open(&dir.join("s.db")).unwrap(), dir)
+    fn store() -> SqliteStore {
+        SqliteStore::in_memory()
     }
 
     #[test]
     fn parking_twice_counts_attempts_instead_of_duplicating() {
-        let (mut s, dir) = store("twice");
+        let mut s = store();
         s.park(&[new("a", 1, DlqState::Parked, None)]).unwrap();
         s.park(&[new("a", 1, DlqState::Parked, None)]).unwrap();
         let all = s.dlq_list(&DlqFilter::default()).unwrap();
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].attempts, 2);
         assert_eq!(all[0].event_id, "0/100:1");
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn replay_brings_held_events_along_and_purge_releases_them() {
-        let (mut s, dir) = store("held");
+        let mut s = store();
         s.park(&[
             new("a", 1, DlqState::Parked, None),
             new("a", 2, DlqState::Held, Some("0/100:1")),
@@ -404,6 +452,40 @@ mod tests {
         );
         let depths = s.dlq_depths().unwrap();
         assert!(depths.contains(&("b".to_string(), 1)));
-        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn operators_move_the_version_and_the_driver_reads_only_what_it_needs() {
+        let mut s = store();
+        assert_eq!(s.dlq_version().unwrap(), 0);
+        s.park(&[
+            new("a", 1, DlqState::Parked, None),
+            new("a", 2, DlqState::Held, Some("0/100:1")),
+            new("a", 3, DlqState::Parked, None),
+        ])
+        .unwrap();
+        assert_eq!(
+            s.dlq_version().unwrap(),
+            0,
+            "parking is the driver's own doing"
+        );
+        let ids = s.dlq_ids_after("a", Position::new(Lsn(0x100), 1)).unwrap();
+        assert_eq!(
+            ids,
+            HashSet::from(["0/100:2".to_string(), "0/100:3".to_string()])
+        );
+        let heads = s.dlq_hold_heads("a").unwrap();
+        assert_eq!(
+            heads,
+            HashMap::from([("k".to_string(), "0/100:1".to_string())])
+        );
+        let one = DlqFilter {
+            sink: None,
+            ids: vec!["0/100:3".into()],
+        };
+        s.dlq_request_replay(&one).unwrap();
+        assert_eq!(s.dlq_version().unwrap(), 1);
+        s.dlq_purge(&one).unwrap();
+        assert_eq!(s.dlq_version().unwrap(), 2);
     }
 }

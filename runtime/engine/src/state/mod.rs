@@ -1,293 +1,137 @@
-//! The state store: sink offsets, sink status and dead-letter queues in an embedded
-//! SQLite file.
+//! The state the engine keeps: every sink's offset and status, and its dead-letter queue.
 //!
-//! One file per pipeline (`state:`), WAL journal mode, `synchronous=FULL`: an offset that
-//! was committed here survives kill -9 and power loss, which matters because the slot is
-//! allowed to forget WAL up to it.
+//! The engine reaches it through the [`StateStore`] trait ([`Offsets`] + [`DeadLetters`]),
+//! so a driver's unit test runs on [`SqliteStore::in_memory`] with no file on disk, and a
+//! later store kept elsewhere (a Postgres table, say) is one more implementation. The one
+//! there is today, [`SqliteStore`], keeps one SQLite file per pipeline (`state:`) in WAL
+//! mode with `synchronous=FULL`: what was committed there survives kill -9 and power loss,
+//! which matters because the slot is allowed to forget WAL up to it.
+//!
+//! The engine's tasks share one store through [`Store`], which runs each call on a
+//! blocking thread so a slow disk never stalls the async runtime.
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension};
-
-use crate::lsn::{Lsn, Position};
+use crate::lsn::Position;
 use crate::progress::Offset;
 
 mod dlq;
+mod sqlite;
 
 pub use dlq::{DlqEntry, DlqFilter, DlqState, NewDlqEntry};
+pub use sqlite::SqliteStore;
 
+/// A state store operation failed.
 #[derive(Debug, thiserror::Error)]
-#[error("state store {path}: {source}")]
+#[error("state store {store}: {source}")]
 pub struct StateError {
-    path: PathBuf,
-    source: rusqlite::Error,
+    /// Which store (its file, for SQLite).
+    pub store: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
 /// A sink's recorded state, for `sluice status`.
 #[derive(Clone, Debug, Default)]
 pub struct SinkRecord {
     pub offset: Offset,
-    /// `running` or `stopped`.
+    /// `running`, `idle` or `stopped`.
     pub state: String,
     pub reason: Option<String>,
     pub updated_at: i64,
 }
 
-pub struct StateStore {
-    pub(crate) conn: Connection,
-    pub(crate) path: PathBuf,
-}
-
-const SCHEMA: &str = "
-create table if not exists meta (key text primary key, value text not null);
-create table if not exists sink_offsets (
-    sink text primary key,
-    commit_lsn integer not null,
-    idx integer not null,
-    flush_lsn integer not null,
-    commit_ts integer not null,
-    updated_at integer not null
-);
-create table if not exists dlq (
-    id integer primary key autoincrement,
-    sink text not null,
-    event_id text not null,
-    commit_lsn integer not null,
-    idx integer not null,
-    ordering_key text,
-    original blob not null,
-    failed blob not null,
-    stage text not null,
-    error_kind text not null,
-    error text not null,
-    attempts integer not null,
-    first_failed_at integer not null,
-    last_failed_at integer not null,
-    config_hash text not null,
-    state text not null,
-    held_behind text,
-    unique (sink, event_id)
-);
-create index if not exists dlq_by_sink on dlq (sink, state, commit_lsn, idx);
-create table if not exists sink_status (
-    sink text primary key,
-    state text not null,
-    reason text,
-    updated_at integer not null
-);
-";
-
-pub(crate) fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-impl StateStore {
-    /// Open (and create, with its folder) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, StateError> {
-        let err = |source| StateError {
-            path: path.to_path_buf(),
-            source,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| err(rusqlite::Error::ToSqlConversionFailure(Box::new(e))))?;
-        }
-        let conn = Connection::open(path).map_err(err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(err)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(err)?;
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        Ok(StateStore {
-            conn,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Open an existing store read-only-ish for inspection; `None` when there is none.
-    pub fn open_existing(path: &Path) -> Result<Option<Self>, StateError> {
-        if !path.exists() {
-            return Ok(None);
-        }
-        Self::open(path).map(Some)
-    }
-
-    pub(crate) fn err(&self, source: rusqlite::Error) -> StateError {
-        StateError {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    pub fn offsets(&self) -> Result<HashMap<String, Offset>, StateError> {
-        let mut stmt = self
-            .conn
-            .prepare("select sink, commit_lsn, idx, flush_lsn, commit_ts from sink_offsets")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    Offset {
-                        position: Position::new(
-                            Lsn(r.get::<_, i64>(1)? as u64),
-                            r.get::<_, i64>(2)? as u32,
-                        ),
-                        flush_lsn: Lsn(r.get::<_, i64>(3)? as u64),
-                        commit_ts_micros: r.get(4)?,
-                    },
-                ))
-            })
-            .map_err(|e| self.err(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
-    }
-
-    /// Write several sinks' offsets in one transaction.
-    pub fn save_offsets(&mut self, offsets: &[(String, Offset)]) -> Result<(), StateError> {
-        let path = self.path.clone();
-        let err = |source| StateError {
-            path: path.clone(),
-            source,
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "insert into sink_offsets (sink, commit_lsn, idx, flush_lsn, commit_ts, updated_at)
-                     values (?1, ?2, ?3, ?4, ?5, ?6)
-                     on conflict (sink) do update set commit_lsn = ?2, idx = ?3, flush_lsn = ?4,
-                        commit_ts = ?5, updated_at = ?6",
-                )
-                .map_err(err)?;
-            for (sink, o) in offsets {
-                stmt.execute(params![
-                    sink,
-                    o.position.commit_lsn.0 as i64,
-                    o.position.index as i64,
-                    o.flush_lsn.0 as i64,
-                    o.commit_ts_micros,
-                    now()
-                ])
-                .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)
-    }
-
-    pub fn set_sink_status(
+/// Offsets, sink status and the store's own facts.
+///
+/// Contract: a method that returns `Ok` has made its change durable (an offset written
+/// here may be confirmed to the source at once). Calls come from one thread at a time.
+pub trait Offsets {
+    /// Every sink's committed offset.
+    fn offsets(&self) -> Result<HashMap<String, Offset>, StateError>;
+    /// Write several sinks' offsets at once: all or none.
+    fn save_offsets(&mut self, offsets: &[(String, Offset)]) -> Result<(), StateError>;
+    /// Record a sink's state (`running`, `idle`, `stopped`) and why.
+    fn set_sink_status(
         &self,
         sink: &str,
         state: &str,
         reason: Option<&str>,
-    ) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "insert into sink_status (sink, state, reason, updated_at) values (?1, ?2, ?3, ?4)
-                 on conflict (sink) do update set state = ?2, reason = ?3, updated_at = ?4",
-                params![sink, state, reason, now()],
-            )
-            .map(drop)
-            .map_err(|e| self.err(e))
-    }
-
-    /// Every sink the store knows, with offset and status.
-    pub fn sinks(&self) -> Result<HashMap<String, SinkRecord>, StateError> {
-        let mut out: HashMap<String, SinkRecord> = self
-            .offsets()?
-            .into_iter()
-            .map(|(k, offset)| {
-                (
-                    k,
-                    SinkRecord {
-                        offset,
-                        state: "running".into(),
-                        ..Default::default()
-                    },
-                )
-            })
-            .collect();
-        let mut stmt = self
-            .conn
-            .prepare("select sink, state, reason, updated_at from sink_status")
-            .map_err(|e| self.err(e))?;
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .map_err(|e| self.err(e))?;
-        for row in rows {
-            let (sink, state, reason, updated_at): (String, String, Option<String>, i64) =
-                row.map_err(|e| self.err(e))?;
-            let rec = out.entry(sink).or_default();
-            rec.state = state;
-            rec.reason = reason;
-            rec.updated_at = updated_at;
-        }
-        Ok(out)
-    }
-
-    pub fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
-        self.conn
-            .query_row("select value from meta where key = ?1", [key], |r| r.get(0))
-            .optional()
-            .map_err(|e| self.err(e))
-    }
-
-    pub fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError> {
-        self.conn
-            .execute(
-                "insert into meta (key, value) values (?1, ?2) on conflict (key) do update set value = ?2",
-                [key, value],
-            )
-            .map(drop)
-            .map_err(|e| self.err(e))
-    }
-
-    /// Forget every offset and status (after `sluice teardown`).
-    pub fn clear(&self) -> Result<(), StateError> {
-        self.conn
-            .execute_batch("delete from sink_offsets; delete from sink_status; delete from meta; delete from dlq;")
-            .map_err(|e| self.err(e))
-    }
+    ) -> Result<(), StateError>;
+    /// Every sink the store knows, with its offset and status.
+    fn sinks(&self) -> Result<HashMap<String, SinkRecord>, StateError>;
+    /// A fact about the pipeline (e.g. the source's cluster identity).
+    fn meta(&self, key: &str) -> Result<Option<String>, StateError>;
+    fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError>;
+    /// Forget everything: offsets, statuses, facts and dead letters (`sluice teardown`).
+    fn clear(&self) -> Result<(), StateError>;
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Dead-letter queues, one per sink.
+///
+/// Contract: `park` is durable when it returns (a sink's offset may then pass the parked
+/// events); `(sink, event id)` is unique, so parking an event again counts an attempt
+/// instead of adding a row. Operators change entries from another process (`sluice dlq
+/// replay|purge`): every such change moves [`DeadLetters::dlq_version`], which a running
+/// pipeline polls cheaply instead of re-reading the queue.
+pub trait DeadLetters {
+    /// Park events, all or none.
+    fn park(&mut self, entries: &[NewDlqEntry]) -> Result<(), StateError>;
+    /// Entries matching `filter`, by sink, in stream order.
+    fn dlq_list(&self, filter: &DlqFilter) -> Result<Vec<DlqEntry>, StateError>;
+    /// Entries of `sink` in `state`, in stream order.
+    fn dlq_in_state(&self, sink: &str, state: DlqState) -> Result<Vec<DlqEntry>, StateError>;
+    /// Ids of `sink`'s entries after `after`: events a restarted driver must not send
+    /// again nor park twice.
+    fn dlq_ids_after(&self, sink: &str, after: Position) -> Result<HashSet<String>, StateError>;
+    /// `on_key: hold`: each held ordering key of `sink` and the id of the entry its later
+    /// events wait behind.
+    fn dlq_hold_heads(&self, sink: &str) -> Result<HashMap<String, String>, StateError>;
+    /// A number that changes whenever an operator requests a replay or purges.
+    fn dlq_version(&self) -> Result<u64, StateError>;
+    /// Ask for entries to be sent again; events held behind them come along. Returns how
+    /// many entries will be replayed.
+    fn dlq_request_replay(&self, filter: &DlqFilter) -> Result<usize, StateError>;
+    /// Delete entries; events held behind them are released for replay. Returns how many
+    /// entries were deleted.
+    fn dlq_purge(&self, filter: &DlqFilter) -> Result<usize, StateError>;
+    /// A replayed event got through: forget it.
+    fn dlq_resolve(&self, id: i64) -> Result<(), StateError>;
+    /// Put an entry in a state (a replay that cannot be read back stays parked).
+    fn dlq_set_state(&self, id: i64, state: DlqState) -> Result<(), StateError>;
+    /// How many entries each sink has (parked, held and waiting for replay).
+    fn dlq_depths(&self) -> Result<Vec<(String, i64)>, StateError>;
+    /// Whether replays are waiting for `sink`.
+    fn dlq_has_replay(&self, sink: &str) -> Result<bool, StateError>;
+}
 
-    #[test]
-    fn offsets_and_status_survive_reopening() {
-        let dir = std::env::temp_dir().join(format!("sluice-state-{}", std::process::id()));
-        let path = dir.join("nested/p.db");
-        let off = Offset {
-            position: Position::new(Lsn(0xFFFF_FFFF_0000_0001), 7),
-            flush_lsn: Lsn(0xFFFF_FFFF_0000_0010),
-            commit_ts_micros: 42,
-        };
-        {
-            let mut s = StateStore::open(&path).unwrap();
-            s.save_offsets(&[("hook".into(), off)]).unwrap();
-            s.set_sink_status("hook", "stopped", Some("410 Gone"))
-                .unwrap();
-            s.set_meta("system_id", "123").unwrap();
-        }
-        let s = StateStore::open(&path).unwrap();
-        assert_eq!(s.offsets().unwrap()["hook"], off);
-        let rec = &s.sinks().unwrap()["hook"];
-        assert_eq!(
-            (rec.state.as_str(), rec.reason.as_deref()),
-            ("stopped", Some("410 Gone"))
-        );
-        assert_eq!(s.meta("system_id").unwrap().as_deref(), Some("123"));
-        s.clear().unwrap();
-        assert!(s.offsets().unwrap().is_empty());
-        std::fs::remove_dir_all(dir).ok();
+/// Everything the engine keeps.
+pub trait StateStore: Offsets + DeadLetters + Send {}
+
+impl<T: Offsets + DeadLetters + Send> StateStore for T {}
+
+/// One store shared by the engine's tasks.
+#[derive(Clone)]
+pub struct Store(Arc<Mutex<Box<dyn StateStore>>>);
+
+impl Store {
+    pub fn new(store: impl StateStore + 'static) -> Self {
+        Store(Arc::new(Mutex::new(Box::new(store))))
+    }
+
+    /// Run `f` on a blocking thread: a store call may wait for the disk.
+    pub async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn StateStore) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let store = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&mut **store.lock().unwrap()))
+            .await
+            .expect("a state store call panicked")
+    }
+
+    /// The store itself, for a caller that may block (start-up, commands, tests).
+    pub fn lock(&self) -> MutexGuard<'_, Box<dyn StateStore>> {
+        self.0.lock().unwrap()
     }
 }

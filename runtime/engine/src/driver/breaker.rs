@@ -1,41 +1,19 @@
-//! Dead-letter policy: the breaker and what `on_key` means.
-//!
-//! Storage lives in [`crate::state`]; the driver ([`crate::driver`]) parks, holds and
-//! replays. This module holds the decisions that are pure.
+//! The DLQ breaker: a sink that sends too many events to its dead-letter queue is broken,
+//! not unlucky, so it stops (loudly) instead of parking everything.
 
 use std::collections::VecDeque;
 
-use crate::event::Event;
-
-/// `dlq:` settings of one sink.
-#[derive(Clone, Debug)]
-pub struct DlqPolicy {
-    /// Stop the sink when more than this share of the last `window` events was parked.
-    pub max_ratio: f64,
-    pub window: usize,
-    /// `on_key: hold`: while an event is parked, later events of its key are held behind it.
-    pub hold_keys: bool,
-}
-
-impl Default for DlqPolicy {
-    fn default() -> Self {
-        DlqPolicy {
-            max_ratio: 0.5,
-            window: 100,
-            hold_keys: false,
-        }
-    }
-}
+use crate::config::DlqConfig;
 
 /// Counts permanent failures over the last `window` events of a sink.
 pub struct Breaker {
-    policy: DlqPolicy,
+    policy: DlqConfig,
     recent: VecDeque<bool>,
     failed: usize,
 }
 
 impl Breaker {
-    pub fn new(policy: DlqPolicy) -> Self {
+    pub fn new(policy: DlqConfig) -> Self {
         Breaker {
             recent: VecDeque::with_capacity(policy.window),
             policy,
@@ -68,21 +46,16 @@ impl Breaker {
     }
 }
 
-/// The key under which `on_key: hold` holds events; `None` for a barrier (never held).
-pub fn hold_key(event: &Event) -> Option<String> {
-    event.ordering_key().map(|k| format!("{k:016x}"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn trips_when_more_than_the_ratio_of_the_window_fails() {
-        let mut b = Breaker::new(DlqPolicy {
+        let mut b = Breaker::new(DlqConfig {
             max_ratio: 0.5,
             window: 10,
-            hold_keys: false,
+            ..DlqConfig::default()
         });
         for i in 0..100 {
             b.record(i % 2 == 0);
@@ -91,10 +64,10 @@ mod tests {
         b.record(true);
         b.record(true);
         assert!(b.tripped());
-        let mut b = Breaker::new(DlqPolicy {
+        let mut b = Breaker::new(DlqConfig {
             max_ratio: 0.5,
             window: 10,
-            hold_keys: false,
+            ..DlqConfig::default()
         });
         for _ in 0..5 {
             b.record(true);

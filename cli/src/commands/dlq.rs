@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sluice_runtime::config::Pipeline;
 use sluice_runtime::event::format_timestamp_micros;
-use sluice_runtime::state::{DlqEntry, DlqFilter, StateStore};
+use sluice_runtime::state::{DeadLetters, DlqEntry, DlqFilter, SqliteStore};
 
 use crate::Failure;
 
@@ -19,8 +19,8 @@ pub struct Selection {
     pub ids: Vec<String>,
 }
 
-fn open(pipeline: &Pipeline) -> Result<Option<StateStore>, Failure> {
-    StateStore::open_existing(&pipeline.state).map_err(|e| Failure::Runtime(e.to_string()))
+fn open(pipeline: &Pipeline) -> Result<Option<SqliteStore>, Failure> {
+    SqliteStore::open_existing(&pipeline.state).map_err(|e| Failure::Runtime(e.to_string()))
 }
 
 fn filter(pipeline: &Pipeline, selection: Selection) -> Result<DlqFilter, Failure> {

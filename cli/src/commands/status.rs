@@ -1,42 +1,35 @@
-//! `sluice status`: every sink's committed position and lag, and the slot's state, from
-//! the state store, PostgreSQL and (when the pipeline runs) its admin server.
+//! `sluice status`: every sink's committed position and lag, and the source's side (for
+//! Postgres: the slot), from the state store, the source and (when the pipeline runs) its
+//! admin server.
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
-use sluice_postgres::setup::{self, SlotStatus};
-use sluice_runtime::state::StateStore;
+use sluice_runtime::state::{DeadLetters, Offsets, SqliteStore};
+use sluice_runtime::units::human_bytes;
 use sluice_runtime::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use super::runtime;
 use crate::Failure;
 
 pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
     let pipeline = super::load(path)?;
-    let failed = |e: &dyn std::fmt::Display| Failure::Runtime(e.to_string());
-    let (records, depths) =
-        match StateStore::open_existing(&pipeline.state).map_err(|e| failed(&e))? {
-            Some(store) => (
-                store.sinks().map_err(|e| failed(&e))?,
-                store.dlq_depths().map_err(|e| failed(&e))?,
-            ),
-            None => Default::default(),
-        };
-    let (slot, slot_error) = match setup::connect(pipeline.source.url.expose()).await {
-        Ok(client) => match setup::slot_status(&client, &pipeline.source.slot).await {
-            Ok(s) => (Some(s), None),
-            Err(e) => (None, Some(e.to_string())),
-        },
-        Err(e) => (None, Some(e.to_string())),
+    let connector = super::source(&pipeline)?;
+    let (records, depths) = match SqliteStore::open_existing(&pipeline.state).map_err(runtime)? {
+        Some(store) => (
+            store.sinks().map_err(runtime)?,
+            store.dlq_depths().map_err(runtime)?,
+        ),
+        None => Default::default(),
     };
+    let upstream = connector.describe().await;
     let live = match pipeline.admin {
         Some(addr) => admin_status(addr).await,
         None => None,
     };
-    let current = slot
-        .as_ref()
-        .and_then(|s| s.current_wal_lsn.parse::<Lsn>().ok());
+    let current = upstream.position;
     let now_micros = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -65,57 +58,31 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
             })
         })
         .collect();
-    // Without an admin server, an active slot is the sign of a running pipeline.
-    let running = live.is_some() || slot.as_ref().is_some_and(|s| s.active);
-    let report = json!({
-        "pipeline": pipeline.name,
-        "running": running,
-        "slot": slot.as_ref().map(|s| serde_json::to_value(s).unwrap_or_default()),
-        "slot_error": slot_error,
-        "sinks": sinks,
-    });
+    // Without an admin server, an active reader upstream is the sign of a running pipeline.
+    let running = live.is_some() || upstream.active;
+    let mut report = serde_json::Map::new();
+    report.insert("pipeline".into(), json!(pipeline.name));
+    report.insert("running".into(), json!(running));
+    report.extend(upstream.json);
+    report.insert("sinks".into(), json!(sinks));
     if as_json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
+            serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default()
         );
     } else {
-        print_human(
-            &pipeline.name,
-            slot.as_ref(),
-            report["slot_error"].as_str(),
-            &sinks,
-            running,
-        );
+        print_human(&pipeline.name, &upstream.lines, &sinks, running);
     }
     Ok(())
 }
 
-fn print_human(
-    name: &str,
-    slot: Option<&SlotStatus>,
-    slot_error: Option<&str>,
-    sinks: &[Value],
-    running: bool,
-) {
+fn print_human(name: &str, upstream: &[String], sinks: &[Value], running: bool) {
     println!(
         "pipeline {name} ({})",
         if running { "running" } else { "not running" }
     );
-    match (slot, slot_error) {
-        (Some(s), _) if s.exists => println!(
-            "slot {}: {}, restart_lsn {}, confirmed_flush_lsn {}, wal_status {}, WAL retained {} (server at {})",
-            s.slot,
-            if s.active { "active" } else { "inactive" },
-            s.restart_lsn.as_deref().unwrap_or("-"),
-            s.confirmed_flush_lsn.as_deref().unwrap_or("-"),
-            s.wal_status.as_deref().unwrap_or("-"),
-            s.retained_bytes.map(human_bytes).unwrap_or_else(|| "-".into()),
-            s.current_wal_lsn,
-        ),
-        (Some(s), _) => println!("slot {}: does not exist (created by `sluice run`)", s.slot),
-        (None, Some(e)) => println!("slot: unknown ({e})"),
-        (None, None) => {}
+    for line in upstream {
+        println!("{line}");
     }
     println!(
         "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8} {:>8}",
@@ -147,15 +114,6 @@ fn print_human(
         if let Some(reason) = s["reason"].as_str() {
             println!("  stopped: {reason}");
         }
-    }
-}
-
-fn human_bytes(b: i64) -> String {
-    match b {
-        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
     }
 }
 

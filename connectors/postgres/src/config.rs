@@ -1,0 +1,185 @@
+//! The `postgres` source's keys in a pipeline file, and the rules serde cannot check.
+//!
+//! ```yaml
+//! source:
+//!   type: postgres
+//!   url: ${DATABASE_URL}
+//!   slot: sluice_orders            # default sluice_<pipeline>
+//!   publication: sluice_orders     # default sluice_<pipeline>
+//!   tables: [public.orders, customers]
+//!   outbox: { table: public.outbox }
+//!   messages: [orders]
+//!   snapshot: never
+//! ```
+
+use serde::Deserialize;
+use sluice_runtime::config::{ConfigError, Secret, SourceSection, TableName};
+
+use crate::options::{PostgresOptions, TableRef};
+
+/// `source:` with `type: postgres`: a PostgreSQL database read through logical
+/// replication.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct PostgresConfig {
+    /// Connection URL, e.g. `postgres://sluice:${PGPASSWORD}@db:5432/app`. The user needs the
+    /// REPLICATION attribute. Never printed.
+    pub url: Secret,
+    /// Replication slot; created if missing. Default `sluice_<pipeline>` (`-` becomes `_`);
+    /// `a-z`, `0-9` and `_`, at most 63 characters.
+    pub slot: String,
+    /// Publication; created for `tables` if missing. Default and rules as for `slot`.
+    pub publication: String,
+    /// Tables whose row changes become events, as `schema.table` or `table` (schema
+    /// `public`). Unquoted names are folded to lower case as Postgres does; quote a name that
+    /// is not, e.g. `'public."Order Lines"'`. At least one unless `outbox` or `messages` is set.
+    pub tables: Vec<TableName>,
+    /// An outbox table whose inserted rows become events of their own type.
+    pub outbox: Option<OutboxConfig>,
+    /// `pg_logical_emit_message` prefixes captured as events.
+    pub messages: Vec<String>,
+    /// `initial`: copy `tables` consistently before streaming; `never` (default): stream only.
+    pub snapshot: Snapshot,
+}
+
+/// `source.outbox:`: rows inserted into an outbox table are captured from the WAL (never
+/// polled) and become events of their own `type`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `table` and `delete_after_capture`"
+)]
+pub struct OutboxConfig {
+    /// The outbox table. Its columns: `id`, `aggregate_type`, `aggregate_id`, `type`,
+    /// `payload` (jsonb) and optionally `headers` (jsonb).
+    pub table: TableName,
+    /// Set to `true` when the application deletes each outbox row in the same transaction
+    /// that inserts it (the documented recipe); the deletes are then not reported.
+    /// Default `false`.
+    #[serde(default)]
+    pub delete_after_capture: bool,
+}
+
+/// `source.snapshot:`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Snapshot {
+    /// Copy the rows of `tables` consistently before streaming changes.
+    Initial,
+    /// Only stream changes from the slot's position on (the default).
+    #[default]
+    Never,
+}
+
+/// `source:` as written; see [`PostgresConfig`] for what each key means.
+#[derive(Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `type: postgres`, `url`, `tables` and the other source keys"
+)]
+struct Raw {
+    url: Secret,
+    #[serde(default)]
+    slot: Option<String>,
+    #[serde(default)]
+    publication: Option<String>,
+    #[serde(default)]
+    tables: Vec<TableName>,
+    #[serde(default)]
+    outbox: Option<OutboxConfig>,
+    #[serde(default)]
+    messages: Vec<String>,
+    #[serde(default)]
+    snapshot: Snapshot,
+}
+
+impl PostgresConfig {
+    /// Read and check the `source:` section. Errors name the key and its line.
+    pub fn from_section(section: &SourceSection) -> Result<Self, ConfigError> {
+        let raw: Raw = section.parse()?;
+        if raw.url.expose().trim().is_empty() {
+            return Err(section.error("url", "the connection URL is empty"));
+        }
+        let default = format!("sluice_{}", section.pipeline.replace('-', "_"));
+        let slot = pg_name(raw.slot, "slot", &default, section)?;
+        let publication = pg_name(raw.publication, "publication", &default, section)?;
+        if raw.tables.is_empty() && raw.outbox.is_none() && raw.messages.is_empty() {
+            return Err(section.error(
+                "tables",
+                "there is nothing to capture: list at least one table (or set `outbox` or `messages`)",
+            ));
+        }
+        for (i, t) in raw.tables.iter().enumerate() {
+            if raw.tables[..i].contains(t) {
+                return Err(
+                    section.error(&format!("tables[{i}]"), format!("`{t}` is listed twice"))
+                );
+            }
+        }
+        for (i, m) in raw.messages.iter().enumerate() {
+            if m.is_empty() {
+                return Err(section.error(
+                    &format!("messages[{i}]"),
+                    "a message prefix cannot be empty",
+                ));
+            }
+        }
+        Ok(PostgresConfig {
+            url: raw.url,
+            slot,
+            publication,
+            tables: raw.tables,
+            outbox: raw.outbox,
+            messages: raw.messages,
+            snapshot: raw.snapshot,
+        })
+    }
+
+    /// What the source needs at run time.
+    pub fn options(&self, pipeline: &str) -> PostgresOptions {
+        let table = |t: &TableName| TableRef::new(t.schema.clone(), t.name.clone());
+        PostgresOptions {
+            pipeline: pipeline.to_string(),
+            url: self.url.expose().to_string(),
+            slot: self.slot.clone(),
+            publication: self.publication.clone(),
+            tables: self.tables.iter().map(table).collect(),
+            outbox: self.outbox.as_ref().map(|o| table(&o.table)),
+            messages: self.messages.clone(),
+        }
+    }
+}
+
+/// A slot or publication name: as given, or the default; `[a-z0-9_]{1,63}` either way.
+fn pg_name(
+    given: Option<String>,
+    what: &str,
+    default: &str,
+    section: &SourceSection,
+) -> Result<String, ConfigError> {
+    let valid = |s: &str| {
+        (1..=63).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    match given {
+        Some(name) if valid(&name) => Ok(name),
+        Some(name) => Err(section.error(
+            what,
+            format!(
+                "`{name}` is not a valid {what} name: 1 to 63 lower-case letters, digits and _"
+            ),
+        )),
+        None if valid(default) => Ok(default.to_string()),
+        None => Err(section.error(
+            what,
+            format!(
+                "the default {what} name `{default}` is longer than 63 characters; \
+                 set `{what}` or shorten the pipeline's name"
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,211 @@
+//! The `postgres` source's keys, read from whole pipeline files as a user writes them.
+
+use std::path::Path;
+
+use sluice_runtime::config::{load_str, ConfigError, Pipeline, SinkSection, TableName};
+use sluice_runtime::registry::{Registry, SinkType};
+
+use sluice_runtime::testing::{rejected_at, with_lines, yaml, PIPELINE as BASE};
+
+use super::*;
+
+fn unbuilt_sink(_: &SinkSection) -> Result<Box<dyn sluice_runtime::Sink>, ConfigError> {
+    unreachable!("the loader builds no sink")
+}
+
+const REGISTRY: Registry = Registry {
+    sources: &[crate::SOURCE],
+    sinks: &[SinkType {
+        name: "webhook",
+        build: unbuilt_sink,
+    }],
+};
+
+fn env(name: &str) -> Option<String> {
+    match name {
+        "DATABASE_URL" => Some("postgres://sluice:hunter2@db:5432/app".into()),
+        "EMPTY" => Some(String::new()),
+        _ => None,
+    }
+}
+
+fn load(lines: &[&str]) -> Result<(Pipeline, PostgresConfig), ConfigError> {
+    let p = load_str(&yaml(lines), Path::new("pipelines/x.yaml"), &REGISTRY, &env)?;
+    let config = PostgresConfig::from_section(&p.source)?;
+    Ok((p, config))
+}
+
+fn source(lines: &[&str]) -> PostgresConfig {
+    load(lines).unwrap().1
+}
+
+/// The error, with its place and key checked.
+#[track_caller]
+fn fails(lines: &[&str], line: usize, column: usize, key: &str) -> ConfigError {
+    let e = rejected_at(load(lines), line, column, key);
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    e
+}
+
+fn with(changes: &[(usize, &'static str)]) -> Vec<&'static str> {
+    with_lines(BASE, changes)
+}
+
+#[test]
+fn the_base_file_gets_the_defaults() {
+    let s = source(BASE);
+    assert_eq!(s.url.expose(), "postgres://sluice:hunter2@db:5432/app");
+    assert_eq!(s.slot, "sluice_orders");
+    assert_eq!(s.publication, "sluice_orders");
+    assert_eq!(s.tables, [TableName::new("public", "orders")]);
+    assert_eq!(s.snapshot, Snapshot::Never);
+    assert!(s.outbox.is_none() && s.messages.is_empty());
+}
+
+#[test]
+fn names_with_dashes_give_underscored_slots() {
+    let s = source(&with(&[(1, "pipeline: orders-eu_2")]));
+    assert_eq!(s.slot, "sluice_orders_eu_2");
+    assert_eq!(s.publication, "sluice_orders_eu_2");
+}
+
+#[test]
+fn unknown_key_in_source() {
+    let e = fails(
+        &with(&[(5, "  tabels: [public.orders]")]),
+        5,
+        3,
+        "source.tabels",
+    );
+    assert!(e.message.contains("unknown key `tabels`"), "{e}");
+    assert!(e.message.contains("`tables`"), "{e}");
+}
+
+#[test]
+fn missing_url() {
+    let mut lines = BASE.to_vec();
+    lines.remove(3);
+    let e = fails(&lines, 2, 1, "source.url");
+    assert_eq!(e.message, "this key is required");
+}
+
+#[test]
+fn wrong_type() {
+    let e = fails(
+        &with(&[(5, "  tables: public.orders")]),
+        5,
+        3,
+        "source.tables",
+    );
+    assert!(e.message.contains("expected a sequence"), "{e}");
+    let e = fails(
+        &with(&[(5, "  tables: [public.orders, 'a.b.c']")]),
+        5,
+        27,
+        "source.tables[1]",
+    );
+    assert!(e.message.contains("schema.table"), "{e}");
+}
+
+#[test]
+fn defaults_from_the_environment() {
+    let s = source(&with(&[(4, "  url: ${NOT_SET:-postgres://localhost/app}")]));
+    assert_eq!(s.url.expose(), "postgres://localhost/app");
+}
+
+#[test]
+fn interpolated_values_stay_out_of_error_messages() {
+    let e = fails(
+        &with(&[(5, "  slot: ${DATABASE_URL}")]),
+        5,
+        3,
+        "source.slot",
+    );
+    assert!(e.message.contains("${DATABASE_URL}"), "{e}");
+}
+
+#[test]
+fn source_rules() {
+    let e = fails(&with(&[(5, "  tables: []")]), 5, 3, "source.tables");
+    assert!(e.message.contains("nothing to capture"), "{e}");
+    let s = source(&with(&[(5, "  messages: [orders]")]));
+    assert_eq!(s.messages, ["orders"]);
+    let s = source(&with(&[(5, "  outbox: { table: public.outbox }")]));
+    let outbox = s.outbox.unwrap();
+    assert_eq!(outbox.table.to_string(), "public.outbox");
+    assert!(!outbox.delete_after_capture);
+    fails(
+        &with(&[(5, "  tables: [orders, public.orders]")]),
+        5,
+        20,
+        "source.tables[1]",
+    );
+    fails(&with(&[(5, "  slot: Bad-Slot")]), 5, 3, "source.slot");
+    let long = format!("pipeline: {}", "a".repeat(60));
+    let long: &'static str = Box::leak(long.into_boxed_str());
+    fails(&with(&[(1, long)]), 2, 1, "source.slot");
+    let s = source(&with(&[
+        (2, "source: { type: postgres, url: u, snapshot: initial, tables: [o, 'Sales.\"Big Orders\"'] }"),
+        (3, ""),
+        (4, ""),
+        (5, ""),
+    ]));
+    assert_eq!(s.tables[1], TableName::new("sales", "Big Orders"));
+    assert_eq!(s.snapshot, Snapshot::Initial);
+    fails(
+        &with(&[(5, "  snapshot: sometimes")]),
+        5,
+        3,
+        "source.snapshot",
+    );
+    fails(&with(&[(4, "  url: ${EMPTY}")]), 4, 3, "source.url");
+}
+
+#[test]
+fn this_build_refuses_snapshot_initial_at_its_line() {
+    let mut lines = BASE.to_vec();
+    lines.insert(5, "  snapshot: initial");
+    let (p, _) = load(&lines).unwrap();
+    let e = crate::build(&p.source).err().expect("refused");
+    assert_eq!((e.line, e.key.as_str()), (6, "source.snapshot"), "{e}");
+    assert!(e.message.contains("not available in this build yet"), "{e}");
+}
+
+#[test]
+fn the_spec_source_parses() {
+    let s = source(&[
+        "pipeline: orders",
+        "source:",
+        "  type: postgres",
+        "  url: ${DATABASE_URL}",
+        "  slot: sluice_orders",
+        "  publication: sluice_orders",
+        "  tables: [public.orders, public.customers]",
+        "  outbox:",
+        "    table: public.outbox",
+        "    delete_after_capture: false",
+        "  messages: [orders]",
+        "  snapshot: never",
+        "sinks: { notify: { type: webhook, url: http://h } }",
+    ]);
+    assert_eq!(s.tables.len(), 2);
+    assert_eq!(s.tables[1].to_string(), "public.customers");
+    assert_eq!(s.outbox.as_ref().unwrap().table.name, "outbox");
+}
+
+#[test]
+fn the_example_webhook_pipeline_has_two_tables() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../pipelines/orders-webhook.yaml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    let p = load_str(&text, &file, &REGISTRY, &|name| {
+        (name == "DATABASE_URL").then(|| "postgres://localhost/app".to_string())
+    })
+    .unwrap();
+    assert_eq!(
+        PostgresConfig::from_section(&p.source)
+            .unwrap()
+            .tables
+            .len(),
+        2
+    );
+}

@@ -1,0 +1,279 @@
+//! The engine's loop around the source: open at the checkpoint, read batches, append them
+//! to the journal (dropping what a reconnect sends again), reconnect with backoff after a
+//! transient failure, and at shutdown drain: stop reading, close the journal, wait until
+//! every sink has made everything durable, acknowledge once more.
+//!
+//! Acknowledgements come from a task of their own ([`AckTask`]), which the journal, the
+//! sinks and the state store can never block: it acknowledges what every sink has made
+//! durable ([`Progress::confirmable_lsn`]) as soon as that advances, at least every
+//! acknowledgement interval, and at once when the upstream asks.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+use crate::journal::{Entry, Journal};
+use crate::lsn::{Lsn, Position};
+use crate::progress::Progress;
+use crate::shutdown::Shutdown;
+use crate::source::{Ack, Acknowledger, Batch, Checkpoint, Source, SourceError, SourceStatus};
+
+/// The first wait before reconnecting; it doubles up to [`RECONNECT_MAX`].
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(10);
+
+pub(crate) struct Feed {
+    pub source: Box<dyn Source>,
+    pub journal: Arc<Journal>,
+    pub progress: Arc<Progress>,
+    pub shutdown: Shutdown,
+    /// How often to acknowledge at least, when nothing advances.
+    pub ack_interval: Duration,
+}
+
+impl Feed {
+    /// Run until drained (`Ok`) or a fatal source failure. The journal is closed either way.
+    pub async fn run(mut self) -> Result<(), SourceError> {
+        let result = self.sessions().await;
+        self.journal.close();
+        self.source.status().streaming.store(false, Relaxed);
+        result
+    }
+
+    async fn sessions(&mut self) -> Result<(), SourceError> {
+        let status = self.source.status();
+        // After a reconnect the upstream resends from the checkpoint: drop what was
+        // appended already.
+        let mut last = Position::ZERO;
+        let mut delay = RECONNECT_MIN;
+        loop {
+            if self.shutdown.is_draining() {
+                // Shut down while disconnected: nothing more to acknowledge.
+                return Ok(());
+            }
+            let checkpoint = Checkpoint {
+                resume: self.progress.resume_lsn(),
+                last: self.progress.last_committed(),
+            };
+            let opened = tokio::select! {
+                opened = self.source.open(checkpoint) => opened,
+                _ = self.shutdown.draining() => return Ok(()),
+            };
+            let mut appended = false;
+            let result = match opened {
+                Ok(acker) => {
+                    status.streaming.store(true, Relaxed);
+                    tracing::info!(resume = %checkpoint.resume, "source open");
+                    self.session(acker, &mut last, &mut appended).await
+                }
+                Err(e) => Err(e),
+            };
+            status.streaming.store(false, Relaxed);
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    self.source.close().await;
+                    status.reconnects.fetch_add(1, Relaxed);
+                    if appended {
+                        delay = RECONNECT_MIN;
+                    }
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "source interrupted; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.shutdown.draining() => return Ok(()),
+                    }
+                    delay = (delay * 2).min(RECONNECT_MAX);
+                }
+                Err(e) => {
+                    self.source.close().await;
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One session: read and append until shutdown (then drain) or a failure.
+    async fn session(
+        &mut self,
+        acker: Box<dyn Acknowledger>,
+        last: &mut Position,
+        appended: &mut bool,
+    ) -> Result<(), SourceError> {
+        let acks = AckTask::spawn(
+            acker,
+            self.progress.clone(),
+            self.journal.clone(),
+            self.source.status(),
+            self.ack_interval,
+        );
+        // One shutdown future for the session, not one per batch (this is the hot loop).
+        let draining = self.shutdown.draining();
+        tokio::pin!(draining);
+        let failure = loop {
+            let batch = tokio::select! {
+                batch = self.source.read() => batch,
+                _ = &mut draining => break None,
+            };
+            match batch {
+                Ok(batch) => {
+                    *appended |= append(&self.journal, &self.progress, batch, last).await;
+                }
+                Err(e) => break Some(e),
+            }
+        };
+        if let Some(e) = failure {
+            acks.stop();
+            return Err(e);
+        }
+        // Draining: no more input; wait until every sink has made everything durable (or
+        // stopped), then acknowledge that.
+        self.journal.close();
+        tokio::select! {
+            _ = self.progress.settled(self.journal.head()) => {}
+            _ = self.shutdown.aborting() => {}
+        }
+        acks.finish().await;
+        self.source.close().await;
+        Ok(())
+    }
+}
+
+/// Append a batch, dropping events at or before `last`. Returns whether any event was
+/// appended.
+async fn append(journal: &Journal, progress: &Progress, batch: Batch, last: &mut Position) -> bool {
+    let mut events = 0u64;
+    let mut commits = 0u64;
+    let before = *last;
+    let entries: Vec<Entry> = batch
+        .entries
+        .into_iter()
+        .filter(|e| match e {
+            Entry::Event(r) => r.event.position > before,
+            Entry::Commit { commit_lsn, .. } => *commit_lsn >= before.commit_lsn,
+        })
+        .inspect(|e| match e {
+            Entry::Event(r) => {
+                *last = r.event.position;
+                events += 1;
+            }
+            Entry::Commit { .. } => commits += 1,
+        })
+        .collect();
+    if events > 0 {
+        // A transaction began after the last idle mark: it no longer describes now.
+        progress.clear_idle();
+    }
+    progress.events_read.fetch_add(events, Relaxed);
+    progress.transactions_read.fetch_add(commits, Relaxed);
+    if !entries.is_empty() {
+        journal.append(entries).await;
+    }
+    if let Some(end) = batch.idle {
+        progress.record_idle(journal.head(), end);
+    }
+    events > 0
+}
+
+/// The task that acknowledges, with the session's [`Acknowledger`].
+struct AckTask {
+    stop: Arc<Notify>,
+    task: tokio::task::JoinHandle<Option<Box<dyn Acknowledger>>>,
+    progress: Arc<Progress>,
+    journal: Arc<Journal>,
+    status: Arc<SourceStatus>,
+}
+
+impl AckTask {
+    fn spawn(
+        mut acker: Box<dyn Acknowledger>,
+        progress: Arc<Progress>,
+        journal: Arc<Journal>,
+        status: Arc<SourceStatus>,
+        interval: Duration,
+    ) -> Self {
+        let stop = Arc::new(Notify::new());
+        let task = {
+            let (stop, progress, journal, status) = (
+                stop.clone(),
+                progress.clone(),
+                journal.clone(),
+                status.clone(),
+            );
+            tokio::spawn(async move {
+                let mut durable = progress.durable_changes();
+                let mut sent = Lsn::ZERO;
+                let mut next = tokio::time::Instant::now() + interval;
+                loop {
+                    let due = tokio::select! {
+                        _ = tokio::time::sleep_until(next) => true,
+                        _ = acker.requested() => true,
+                        changed = durable.changed() => {
+                            if changed.is_err() {
+                                return Some(acker);
+                            }
+                            false
+                        }
+                        _ = stop.notified() => return Some(acker),
+                    };
+                    let ack = current(&progress, &journal);
+                    // A durable change that moves nothing waits for the interval.
+                    if !due && ack.through <= sent {
+                        continue;
+                    }
+                    if let Err(e) = acker.ack(ack).await {
+                        tracing::debug!(error = %e, "acknowledgement failed; the reader will reconnect");
+                        return None;
+                    }
+                    sent = sent.max(ack.through);
+                    status.acknowledged.fetch_max(ack.through.0, Relaxed);
+                    next = tokio::time::Instant::now() + interval;
+                }
+            })
+        };
+        AckTask {
+            stop,
+            task,
+            progress,
+            journal,
+            status,
+        }
+    }
+
+    /// The session failed: stop acknowledging.
+    fn stop(self) {
+        self.stop.notify_one();
+    }
+
+    /// The session drained: acknowledge what every sink made durable, and end it.
+    async fn finish(self) {
+        self.stop.notify_one();
+        if let Ok(Some(acker)) = self.task.await {
+            let ack = current(&self.progress, &self.journal);
+            match acker
+                .finish(Ack {
+                    caught_up: false,
+                    ..ack
+                })
+                .await
+            {
+                Ok(()) => {
+                    self.status.acknowledged.fetch_max(ack.through.0, Relaxed);
+                    tracing::info!(through = %ack.through, "acknowledged the final position");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot send the final acknowledgement"),
+            }
+        }
+    }
+}
+
+fn current(progress: &Progress, journal: &Journal) -> Ack {
+    Ack {
+        through: progress.confirmable_lsn(),
+        caught_up: progress.all_durable(journal.head()),
+    }
+}
+
+#[cfg(test)]
+mod tests;
