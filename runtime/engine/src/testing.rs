@@ -3,8 +3,18 @@
 
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
+use crate::chain::Chain;
+use crate::config::DeliveryConfig;
+use crate::driver::SinkDriver;
 use crate::event::{Event, Op, Row, Source, Value};
+use crate::journal::Journal;
 use crate::lsn::{Lsn, Position};
+use crate::progress::{Offset, Progress};
+use crate::shutdown::Shutdown;
+use crate::sink::Sink;
+use crate::state::Store;
 
 /// An event of `op` on `public.<table>` at `index` of the transaction committed at
 /// `commit_lsn`, with no rows.
@@ -35,6 +45,30 @@ pub fn insert(table: &str, commit_lsn: u64, index: u32) -> Arc<Event> {
     e.after = Some(id_row(index.into()));
     e.key = Some(id_row(index.into()));
     Arc::new(e)
+}
+
+/// A driver of `sink` (named `s`, nothing committed yet) reading a fresh journal, with no
+/// transforms; its progress is `progress.sinks()[0]`.
+pub fn driver(
+    sink: Box<dyn Sink>,
+    delivery: DeliveryConfig,
+    store: &Store,
+) -> (SinkDriver, Arc<Journal>, Arc<Progress>) {
+    let journal = Journal::new(1024);
+    let progress = Progress::new(vec![("s".into(), Offset::default())]);
+    let driver = SinkDriver {
+        sink,
+        reader: journal.register(),
+        journal: journal.clone(),
+        delivery,
+        progress: progress.sinks()[0].clone(),
+        shutdown: Shutdown::new(),
+        store: store.clone(),
+        config_hash: "h".into(),
+        pipeline_chain: Arc::new(Mutex::new(Chain::default())),
+        chain: Chain::default(),
+    };
+    (driver, journal, progress)
 }
 
 /// Pipeline-file tests: a small valid pipeline (Postgres to a webhook), whose lines tests

@@ -41,6 +41,8 @@ struct Log {
 struct Shared {
     log: Arc<Mutex<Log>>,
     respond: Arc<Mutex<Respond>>,
+    /// Each request waits a random time up to this before it is answered (and recorded).
+    jitter: Arc<Mutex<Option<std::time::Duration>>>,
 }
 
 pub struct Receiver {
@@ -60,6 +62,7 @@ impl Receiver {
         let shared = Shared {
             log: Default::default(),
             respond: Arc::new(Mutex::new(Respond::Ok)),
+            jitter: Default::default(),
         };
         Self::serve(port, shared).await
     }
@@ -115,6 +118,18 @@ impl Receiver {
         *self.shared.respond.lock().unwrap() = r;
     }
 
+    /// Answer each request after a random wait of up to `max` (`None`: at once). Requests
+    /// are recorded when answered, so a sender that overlaps two requests of one key shows
+    /// them out of order.
+    pub fn jitter(&self, max: Option<std::time::Duration>) {
+        *self.shared.jitter.lock().unwrap() = max;
+    }
+
+    /// Forget every request recorded so far.
+    pub fn clear(&self) {
+        self.shared.log.lock().unwrap().requests.clear();
+    }
+
     /// Every request, acknowledged or not.
     pub fn requests(&self) -> Vec<Request> {
         self.shared.log.lock().unwrap().requests.clone()
@@ -151,6 +166,10 @@ impl Drop for Receiver {
 }
 
 async fn handle(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> StatusCode {
+    let jitter = *s.jitter.lock().unwrap();
+    if let Some(max) = jitter {
+        tokio::time::sleep(max.mul_f64(random_fraction())).await;
+    }
     let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
     let respond = s.respond.lock().unwrap().clone();
     let status = match &respond {
@@ -167,4 +186,24 @@ async fn handle(State(s): State<Shared>, headers: HeaderMap, raw: Bytes) -> Stat
         at,
     });
     StatusCode::from_u16(status).unwrap()
+}
+
+/// A number in [0, 1) that differs from call to call (xorshift over a shared counter
+/// seeded by the clock); enough to spread answer times.
+fn random_fraction() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static STATE: AtomicU64 = AtomicU64::new(0);
+    let mut x = STATE.load(Ordering::Relaxed);
+    if x == 0 {
+        x = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+    }
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    STATE.store(x, Ordering::Relaxed);
+    (x >> 11) as f64 / (1u64 << 53) as f64
 }

@@ -75,29 +75,6 @@ fn settings() -> DeliveryConfig {
     d
 }
 
-/// A driver of `sink` for the one sink `s`, reading a fresh journal.
-fn driver_of(
-    sink: Box<dyn Sink>,
-    delivery: DeliveryConfig,
-    store: &Store,
-) -> (SinkDriver, Arc<Journal>, Arc<Progress>) {
-    let journal = Journal::new(100);
-    let progress = Progress::new(vec![("s".into(), Offset::default())]);
-    let driver = SinkDriver {
-        sink,
-        reader: journal.register(),
-        journal: journal.clone(),
-        delivery,
-        progress: progress.sinks()[0].clone(),
-        shutdown: Shutdown::new(),
-        store: store.clone(),
-        config_hash: "h".into(),
-        pipeline_chain: Arc::new(Mutex::new(Chain::default())),
-        chain: Chain::default(),
-    };
-    (driver, journal, progress)
-}
-
 struct Run {
     result: Result<(), SinkStop>,
     seen: Vec<Vec<Position>>,
@@ -414,7 +391,7 @@ async fn pipelined_batches_are_acknowledged_out_of_order_but_offsets_advance_in_
         sent: sent.clone(),
     });
     let (driver, journal, progress) =
-        driver_of(sink, delivery, &Store::new(SqliteStore::in_memory()));
+        testing::driver(sink, delivery, &Store::new(SqliteStore::in_memory()));
     // Three transactions of two events.
     let mut entries = Vec::new();
     for lsn in [10, 20, 30] {
@@ -480,7 +457,8 @@ async fn hold_keys_keeps_one_batch_in_flight() {
         gates: gates.clone(),
         sent: Arc::new(Mutex::new(Vec::new())),
     });
-    let (driver, journal, _) = driver_of(sink, delivery, &Store::new(SqliteStore::in_memory()));
+    let (driver, journal, _) =
+        testing::driver(sink, delivery, &Store::new(SqliteStore::in_memory()));
     journal.append(vec![event(1, 0), event(1, 1)]).await;
     journal.close();
     let task = tokio::spawn(driver.run());
@@ -512,7 +490,7 @@ async fn a_running_driver_replays_what_an_operator_asks_for_without_rereading_th
         seen: seen.clone(),
         reject: HashSet::new(),
     });
-    let (driver, journal, progress) = driver_of(sink, settings(), &store);
+    let (driver, journal, progress) = testing::driver(sink, settings(), &store);
     let task = tokio::spawn(driver.run());
     journal.append(vec![event(1, 0)]).await;
     let parked = || store.lock().dlq_list(&DlqFilter::default()).unwrap();
