@@ -73,6 +73,11 @@ struct Args {
     /// Also write the table (with the machine and the command) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+
+    /// Another sluice binary (an earlier build, say) to run beside this one on every sluice
+    /// row, in the same rounds on the same WAL: its rows are labelled `baseline → …`.
+    #[arg(long, value_name = "SLUICE_BINARY")]
+    baseline: Option<PathBuf>,
 }
 
 /// What every run needs.
@@ -81,7 +86,9 @@ struct Bench {
     pg: Postgres,
     client: Client,
     pg_bin: PathBuf,
-    sluice: PathBuf,
+    /// The binaries under test: this build's, then the baseline's if any, with the label
+    /// of their rows.
+    binaries: Vec<(&'static str, PathBuf)>,
     receiver: Receiver,
     sinks: Vec<&'static SinkRow>,
     /// This process and the postmaster: see [`cpu`].
@@ -92,7 +99,15 @@ struct Bench {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let sluice = sluice_testkit::sluice::bin();
+    let mut binaries = vec![("sluice", sluice_testkit::sluice::bin())];
+    if let Some(baseline) = &args.baseline {
+        anyhow::ensure!(
+            baseline.is_file(),
+            "--baseline {}: no such file",
+            baseline.display()
+        );
+        binaries.push(("baseline", baseline.clone()));
+    }
     let pg_bin = consumers::pg_bin_dir()?;
 
     let mut sinks = Vec::new();
@@ -125,7 +140,7 @@ async fn main() -> Result<()> {
         pg,
         client,
         pg_bin,
-        sluice,
+        binaries,
         sinks,
     };
     eprintln!("bench: {machine}");
@@ -137,8 +152,10 @@ async fn main() -> Result<()> {
     if bench.args.latency_rate > 0 && bench.args.latency_secs > 0 {
         let mut next_id = 10 * bench.args.rows + 1;
         for sink in bench.sinks.iter().filter(|s| s.latency) {
-            rows.push(bench.latency(sink, next_id).await);
-            next_id += bench.args.latency_rate * bench.args.latency_secs;
+            for (label, bin) in &bench.binaries {
+                rows.push(bench.latency(label, bin, sink, next_id).await);
+                next_id += bench.args.latency_rate * bench.args.latency_secs;
+            }
         }
     }
 
@@ -184,8 +201,17 @@ impl Bench {
             .copied()
             .filter(|s| s.throughput)
             .collect();
-        let mut consumers = vec!["recvlogical"];
-        consumers.extend(sinks.iter().map(|s| s.name));
+        // Each sink once per binary under test, the baseline right after this build.
+        let variants: Vec<(&str, &Path, &SinkRow)> = sinks
+            .iter()
+            .flat_map(|s| {
+                self.binaries
+                    .iter()
+                    .map(move |(l, b)| (*l, b.as_path(), *s))
+            })
+            .collect();
+        let mut consumers = vec!["recvlogical".to_string()];
+        consumers.extend(variants.iter().map(|(l, _, s)| format!("{l}_{}", s.name)));
         let slot = |consumer: &str, round: usize| {
             format!("bench_{}_{}_{round}", w.name(), consumer).replace('-', "_")
         };
@@ -232,12 +258,14 @@ impl Bench {
             eprintln!("bench: {label}: pg_recvlogical {}", summary(&reference));
             runs[0].push(reference);
 
-            for (i, sink) in sinks.iter().enumerate() {
-                let slot_name = slot(sink.name, round);
-                let mut row = self.throughput(sink, &slot_name, &generated).await;
+            for (i, (bin_label, bin, sink)) in variants.iter().enumerate() {
+                let slot_name = slot(&consumers[i + 1], round);
+                let mut row = self
+                    .throughput(bin_label, bin, sink, &slot_name, &generated)
+                    .await;
                 row.workload = label.clone();
                 workload::drop_slot(&self.client, &slot_name).await?;
-                eprintln!("bench: {label}: sluice → {} {}", sink.name, summary(&row));
+                eprintln!("bench: {label}: {} {}", row.consumer, summary(&row));
                 runs[i + 1].push(row);
             }
         }
@@ -249,28 +277,31 @@ impl Bench {
         Ok(rows)
     }
 
-    /// sluice with `sink`, reading `slot` until its sink is durably past the marker.
-    async fn throughput(&self, sink: &SinkRow, slot: &str, generated: &Generated) -> Row {
+    /// The sluice binary `bin` with `sink`, reading `slot` until its sink is durably past
+    /// the marker.
+    async fn throughput(
+        &self,
+        bin_label: &str,
+        bin: &Path,
+        sink: &SinkRow,
+        slot: &str,
+        generated: &Generated,
+    ) -> Row {
         let mut row = Row {
-            consumer: format!("sluice → {}", sink.name),
+            consumer: format!("{bin_label} → {}", sink.name),
             events: generated.events,
             ..Row::default()
         };
         self.quiet().await;
         let before = cpu::sample(&self.ours);
-        let mut process = match SluiceProcess::start(
-            &self.sluice,
-            &self.pg.url(),
-            sink,
-            slot,
-            &self.receiver.url,
-        ) {
-            Ok(p) => p,
-            Err(e) => {
-                row.note = format!("{e:#}");
-                return row;
-            }
-        };
+        let mut process =
+            match SluiceProcess::start(bin, &self.pg.url(), sink, slot, &self.receiver.url) {
+                Ok(p) => p,
+                Err(e) => {
+                    row.note = format!("{e:#}");
+                    return row;
+                }
+            };
         let received = self.receiver.events();
         let stall = Duration::from_secs(60 + self.args.rows / 10_000);
         let measured = async {
@@ -307,24 +338,19 @@ impl Bench {
         row
     }
 
-    /// A steady load through sluice with `sink` (a webhook to the bench receiver), timing
-    /// every envelope from its commit to its arrival.
-    async fn latency(&self, sink: &SinkRow, first_id: u64) -> Row {
+    /// A steady load through the sluice binary `bin` with `sink` (a webhook to the bench
+    /// receiver), timing every envelope from its commit to its arrival.
+    async fn latency(&self, bin_label: &str, bin: &Path, sink: &SinkRow, first_id: u64) -> Row {
         let (rate, duration) = (self.args.latency_rate, self.args.latency_secs);
         let mut row = Row {
             workload: format!("steady {}/s, {duration} s", count(rate)),
-            consumer: format!("sluice → {}", sink.name),
+            consumer: format!("{bin_label} → {}", sink.name),
             ..Row::default()
         };
-        let slot = format!("bench_latency_{}", sink.name).replace('-', "_");
+        let slot = format!("bench_latency_{bin_label}_{}", sink.name).replace('-', "_");
         let result = async {
-            let mut process = SluiceProcess::start(
-                &self.sluice,
-                &self.pg.url(),
-                sink,
-                &slot,
-                &self.receiver.url,
-            )?;
+            let mut process =
+                SluiceProcess::start(bin, &self.pg.url(), sink, &slot, &self.receiver.url)?;
             let startup = process.wait_streaming(Duration::from_secs(60)).await;
             self.quiet().await;
             let before = cpu::sample(&self.ours);

@@ -78,6 +78,13 @@ struct Session {
     reply: Arc<Notify>,
 }
 
+impl Session {
+    /// The pending entries, leaving room for as many (no regrowth per batch).
+    fn take_pending(&mut self) -> Vec<Entry> {
+        std::mem::replace(&mut self.pending, Vec::with_capacity(BATCH_ENTRIES))
+    }
+}
+
 impl PostgresSource {
     pub fn new(options: PostgresOptions) -> Self {
         let builder = EventBuilder::new(&options);
@@ -144,7 +151,7 @@ impl PostgresSource {
                         || (is_commit && !session.stream.has_buffered_message())
                     {
                         return Ok(Batch {
-                            entries: std::mem::take(&mut session.pending),
+                            entries: session.take_pending(),
                             idle: None,
                         });
                     }
@@ -160,7 +167,7 @@ impl PostgresSource {
                     let idle = (!self.builder.in_transaction()).then_some(wal_end);
                     if idle.is_some() || !session.pending.is_empty() {
                         return Ok(Batch {
-                            entries: std::mem::take(&mut session.pending),
+                            entries: session.take_pending(),
                             idle,
                         });
                     }

@@ -157,13 +157,17 @@ pub fn pipeline_outputs(chain: &SharedChain, records: &[Arc<Record>]) -> Vec<Arc
     if !missing.is_empty() {
         let events: Vec<Arc<Event>> = missing.iter().map(|r| r.event.clone()).collect();
         for (record, result) in missing.iter().zip(chain.run(&events)) {
-            let _ = record.staged.set(Arc::new(result));
+            let kept = matches!(&result, Ok(outs) if outs.len() == 1 && Arc::ptr_eq(&outs[0], &record.event));
+            let _ = record.staged.set((!kept).then(|| Arc::new(result)));
         }
     }
     drop(chain);
     records
         .iter()
-        .map(|r| r.staged.get().expect("computed above").clone())
+        .map(|r| match r.staged.get().expect("computed above") {
+            Some(output) => output.clone(),
+            None => Arc::new(Ok(vec![r.event.clone()])),
+        })
         .collect()
 }
 

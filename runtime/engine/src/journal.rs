@@ -46,7 +46,8 @@ pub struct Record {
     pub event: Arc<Event>,
     /// The pipeline-level transform chain's result for this event, computed by the first
     /// sink driver that needs it and shared by the others ([`crate::chain::pipeline_outputs`]).
-    pub(crate) staged: OnceLock<Arc<ChainOutput>>,
+    /// `None`: the chain kept the event as it is (nothing to allocate for it).
+    pub(crate) staged: OnceLock<Option<Arc<ChainOutput>>>,
 }
 
 impl Record {

@@ -77,13 +77,13 @@ impl SinkDriver {
     /// (and counted by the breaker), events of held keys are parked behind their head.
     pub(super) fn route(&self, staged: Vec<super::Staged>, parked: &mut Parked) -> Outgoing {
         let mut out = Outgoing {
-            batch: Vec::new(),
-            origin: Vec::new(),
+            batch: Vec::with_capacity(staged.len()),
+            origin: Vec::with_capacity(staged.len()),
             park: Vec::new(),
-            staged: Vec::new(),
+            originals: staged.iter().map(|s| s.input.clone()).collect(),
         };
         for (i, s) in staged.iter().enumerate() {
-            match &s.outputs {
+            match &*s.outputs {
                 Err(failure) => {
                     parked.breaker.record(true);
                     self.hold(parked, &s.input);
@@ -98,23 +98,48 @@ impl SinkDriver {
                         if parked.was_parked(event) {
                             continue;
                         }
-                        match parked.held_behind(event) {
-                            Some(head) => out.park.push(self.dlq_entry(
-                                &s.input,
-                                event,
-                                Outcome::Held { behind: head },
-                            )),
-                            None => {
-                                out.batch.push(event.clone());
-                                out.origin.push(i);
-                            }
-                        }
+                        self.route_one(&mut out, parked, &s.input, event, i);
                     }
                 }
             }
         }
-        out.staged = staged;
         out
+    }
+
+    /// [`SinkDriver::route`] for source events that no transform touches.
+    pub(super) fn route_plain(&self, inputs: &[Arc<Record>], parked: &mut Parked) -> Outgoing {
+        let mut out = Outgoing {
+            batch: Vec::with_capacity(inputs.len()),
+            origin: Vec::with_capacity(inputs.len()),
+            park: Vec::new(),
+            originals: inputs.iter().map(|r| r.event.clone()).collect(),
+        };
+        for (i, r) in inputs.iter().enumerate() {
+            self.route_one(&mut out, parked, &r.event, &r.event, i);
+        }
+        out
+    }
+
+    /// Send `event` (one of what source event `origin` became), or park it behind the head
+    /// of its held key.
+    fn route_one(
+        &self,
+        out: &mut Outgoing,
+        parked: &Parked,
+        original: &Event,
+        event: &Arc<Event>,
+        origin: usize,
+    ) {
+        match parked.held_behind(event) {
+            Some(head) => {
+                out.park
+                    .push(self.dlq_entry(original, event, Outcome::Held { behind: head }))
+            }
+            None => {
+                out.batch.push(event.clone());
+                out.origin.push(origin);
+            }
+        }
     }
 
     /// Record the sink's final outcomes: the breaker counts them, rejected events hold
@@ -126,7 +151,7 @@ impl SinkDriver {
         parked: &mut Parked,
     ) -> Vec<NewDlqEntry> {
         let Outgoing {
-            staged,
+            originals,
             batch,
             origin,
             mut park,
@@ -141,7 +166,7 @@ impl SinkDriver {
                     if matches!(outcome, Outcome::Rejected(_)) {
                         self.hold(parked, event);
                     }
-                    park.push(self.dlq_entry(&staged[i].input, event, outcome));
+                    park.push(self.dlq_entry(&originals[i], event, outcome));
                 }
             }
         }

@@ -105,8 +105,9 @@ pub struct SinkDriver {
 
 /// What the sink is sent of some source events, and what is parked whatever it answers.
 struct Outgoing {
-    staged: Vec<Staged>,
-    /// The events sent, and for each the index of its source event in `staged`.
+    /// The source events, as the source produced them.
+    originals: Vec<Arc<Event>>,
+    /// The events sent, and for each the index of its source event in `originals`.
     batch: Vec<Arc<Event>>,
     origin: Vec<usize>,
     /// Transform failures and held events: parked without asking the sink.
@@ -230,8 +231,12 @@ impl SinkDriver {
         inputs
     }
 
-    /// Stage source events and decide what the sink is sent (the rest is parked).
+    /// Stage source events and decide what the sink is sent (the rest is parked). Without
+    /// transforms each source event goes as it is: nothing is allocated per event.
     fn outgoing(&mut self, inputs: &[Arc<Record>], parked: &mut Parked) -> Outgoing {
+        if self.chain.is_empty() && self.pipeline_chain.lock().unwrap().is_empty() {
+            return self.route_plain(inputs, parked);
+        }
         let staged = match inputs.is_empty() {
             true => Vec::new(),
             false => self.stage(inputs),

@@ -6,14 +6,15 @@
 use std::sync::Arc;
 
 use super::SinkDriver;
-use crate::chain::{number, pipeline_outputs, ChainFailure};
+use crate::chain::{number, pipeline_outputs, ChainFailure, ChainOutput};
 use crate::event::Event;
 use crate::journal::Record;
 
-/// One source event on its way to the sink: what the chains made of it.
+/// One source event on its way to the sink: what the chains made of it (shared with the
+/// journal record's cache while only the pipeline's chain ran).
 pub(super) struct Staged {
     pub input: Arc<Event>,
-    pub outputs: Result<Vec<Arc<Event>>, ChainFailure>,
+    pub outputs: Arc<ChainOutput>,
 }
 
 impl SinkDriver {
@@ -26,9 +27,9 @@ impl SinkDriver {
             let mut staged: Vec<Staged> = inputs
                 .iter()
                 .zip(first)
-                .map(|(input, out)| Staged {
+                .map(|(input, outputs)| Staged {
                     input: input.event.clone(),
-                    outputs: (*out).clone(),
+                    outputs,
                 })
                 .collect();
             if !self.chain.is_empty() {
@@ -52,14 +53,14 @@ impl SinkDriver {
         let mid: Vec<(usize, Arc<Event>)> = staged
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| s.outputs.as_ref().ok().map(|o| (i, o)))
+            .filter_map(|(i, s)| (*s.outputs).as_ref().ok().map(|o| (i, o)))
             .flat_map(|(i, outs)| outs.iter().map(move |e| (i, e.clone())))
             .collect();
         let events: Vec<Arc<Event>> = mid.iter().map(|(_, e)| e.clone()).collect();
         let results = self.chain.run(&events);
         let mut rebuilt: Vec<Option<Result<Vec<Arc<Event>>, ChainFailure>>> = staged
             .iter()
-            .map(|s| s.outputs.as_ref().err().map(|f| Err(f.clone())))
+            .map(|s| (*s.outputs).as_ref().err().map(|f| Err(f.clone())))
             .collect();
         for ((i, _), result) in mid.into_iter().zip(results) {
             let slot = rebuilt[i].get_or_insert_with(|| Ok(Vec::new()));
@@ -70,10 +71,11 @@ impl SinkDriver {
             }
         }
         for (s, r) in staged.iter_mut().zip(rebuilt) {
-            s.outputs = r.unwrap_or_else(|| Ok(Vec::new()));
-            if let Ok(outs) = &mut s.outputs {
+            let mut outputs = r.unwrap_or_else(|| Ok(Vec::new()));
+            if let Ok(outs) = &mut outputs {
                 number(outs);
             }
+            s.outputs = Arc::new(outputs);
         }
     }
 }
