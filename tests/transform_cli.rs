@@ -241,3 +241,46 @@ fn envelopes_come_from_stdin_by_default() {
     assert_eq!(lines.len(), 1, "the draft is dropped");
     assert_eq!(lines[0]["after"]["status"], "paid");
 }
+
+/// A guest that panics in `init` (its panic handler writes to stderr through WASI) is a
+/// clear error at start, exit 2, in `transform test`, `validate` and `run`: never a crash.
+#[test]
+fn a_transform_whose_init_panics_is_a_clear_error_everywhere() {
+    let dir = scratch_dir("transform-init-panic");
+    std::fs::write(dir.join("events.jsonl"), line(0, "new", "a@x", "none")).unwrap();
+    let hostile = artifact("hostile");
+    let out = sluice(
+        &dir,
+        &[
+            "transform",
+            "test",
+            &hostile,
+            "--config",
+            "init_mode=panic",
+            "--input",
+            "events.jsonl",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("init") && stderr(&out).contains("hostile"),
+        "{}",
+        stderr(&out)
+    );
+    let pipeline = format!(
+        "pipeline: initpanic\n\
+         source: {{ type: postgres, url: postgres://u@127.0.0.1:1/db, tables: [t] }}\n\
+         transforms:\n  - name: hostile\n    wasm: {hostile}\n    config: {{ init_mode: panic }}\n\
+         sinks: {{ hook: {{ type: webhook, url: http://127.0.0.1:1/x }} }}\n"
+    );
+    std::fs::write(dir.join("pipeline.yaml"), pipeline).unwrap();
+    for command in ["validate", "run"] {
+        let out = sluice(&dir, &[command, "pipeline.yaml"]);
+        assert_eq!(out.status.code(), Some(2), "{command}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("transforms[0].wasm") && stderr(&out).contains("panic"),
+            "{command}: {}",
+            stderr(&out)
+        );
+    }
+}

@@ -6,17 +6,23 @@ mod commands;
 mod logging;
 mod registry;
 mod stages;
+mod table;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "sluice",
     version,
-    about = "PostgreSQL change streams to webhooks, caches, search and Kafka"
+    about = "PostgreSQL change streams to webhooks, caches, search and Kafka",
+    long_about = "PostgreSQL change streams to webhooks, caches, search and Kafka.\n\n\
+        One pipeline file describes one pipeline; `sluice run` streams it until SIGINT or \
+        SIGTERM. Logs go to stderr (SLUICE_LOG sets the filter, e.g. info or \
+        sluice_postgres=debug; SLUICE_LOG_FORMAT=json for JSON lines).\n\n\
+        Exit status: 0 success, 1 runtime failure, 2 bad input (file, flags, envelope)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -26,28 +32,52 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the pipeline until SIGINT/SIGTERM; drains and commits on shutdown.
-    Run { pipeline: PathBuf },
-    /// Check the pipeline file; with --connect also PostgreSQL and the sinks.
-    Validate {
+    Run {
+        /// The pipeline file (YAML).
         pipeline: PathBuf,
-        /// Also connect: wal_level, tables, replication rights, sinks.
+    },
+    /// Check the pipeline file; with --connect also the source and the sinks.
+    Validate {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Also connect: wal_level, tables, rights, slot, state file, admin port, sinks.
         #[arg(long)]
         connect: bool,
+        /// Print the result as one JSON object (errors too, with file, line, column, key).
+        #[arg(long)]
+        json: bool,
     },
-    /// Per sink: committed position, lag, queue; the slot's state.
+    /// Per sink: committed position, lag, queue, DLQ depth; the slot's state.
     Status {
+        /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Drop the slot and the publication (stops WAL retention) and forget offsets.
-    Teardown { pipeline: PathBuf },
+    ///
+    /// Refuses while the pipeline runs, and while a dead-letter queue holds events unless
+    /// --drop-dlq is given. What the role may not drop is printed as SQL for an
+    /// administrator.
+    Teardown {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Also delete every parked event (otherwise a non-empty DLQ stops the teardown).
+        #[arg(long)]
+        drop_dlq: bool,
+    },
     /// Dead-letter queues: list, show, replay and purge parked events.
     #[command(subcommand)]
     Dlq(DlqCommand),
     /// WebAssembly transforms: try one offline.
     #[command(subcommand)]
     Transform(TransformCommand),
+    /// Print a shell completion script, e.g. `sluice completions bash > /etc/bash_completion.d/sluice`.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -87,33 +117,44 @@ enum TransformCommand {
 enum DlqCommand {
     /// Parked events, per sink.
     List {
+        /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Only this sink's entries.
         #[arg(long)]
         sink: Option<String>,
+        /// Print a JSON array instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// One entry: the event, the error, the stage, attempts, first and last failure.
     Show {
+        /// The pipeline file (YAML).
         pipeline: PathBuf,
         /// An entry id (from `dlq list`) or an event id.
         id: String,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Send parked events again, through the sink's current configuration.
+    /// Send parked events again, through the current transforms and sink configuration.
     Replay {
+        /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Only this sink's entries.
         #[arg(long)]
         sink: Option<String>,
+        /// Only these entries (entry ids or event ids); repeat for more.
         #[arg(long = "id")]
         ids: Vec<String>,
     },
     /// Delete parked events for good; events held behind them are released.
     Purge {
+        /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Only this sink's entries.
         #[arg(long)]
         sink: Option<String>,
+        /// Only these entries (entry ids or event ids); repeat for more.
         #[arg(long = "id")]
         ids: Vec<String>,
         /// Purge every entry (needed when neither --sink nor --id is given).
@@ -138,69 +179,96 @@ impl From<sluice_runtime::config::ConfigError> for Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    logging::init();
+    if let Err(message) = logging::init() {
+        eprintln!("error: {message}");
+        return ExitCode::from(2);
+    }
+    let result = match cli.command {
+        // Synchronous commands run outside the async runtime: a transform's guest code
+        // reaches WASI's blocking calls, which may not run inside one.
+        Command::Transform(TransformCommand::Test {
+            wasm,
+            config,
+            input,
+            timeout,
+            memory,
+            batch,
+        }) => commands::transform::test(commands::transform::TestArgs {
+            wasm,
+            config,
+            input,
+            timeout,
+            memory,
+            batch: batch as usize,
+        }),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Dlq(dlq) => {
+            use commands::dlq::{self, Selection};
+            match dlq {
+                DlqCommand::List {
+                    pipeline,
+                    sink,
+                    json,
+                } => dlq::list(&pipeline, Selection { sink, ids: vec![] }, json),
+                DlqCommand::Show { pipeline, id, json } => dlq::show(&pipeline, id, json),
+                DlqCommand::Replay {
+                    pipeline,
+                    sink,
+                    ids,
+                } => dlq::replay(&pipeline, Selection { sink, ids }),
+                DlqCommand::Purge {
+                    pipeline,
+                    sink,
+                    ids,
+                    all,
+                } => dlq::purge(&pipeline, Selection { sink, ids }, all),
+            }
+        }
+        command => run_async(command),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            let (code, message) = match failure {
+                Failure::Input(message) => (2, message),
+                Failure::Runtime(message) => (1, message),
+            };
+            // An empty message: the command reported the failure itself (`--json`).
+            if !message.is_empty() {
+                logging::fatal(&message);
+            }
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// The commands that talk to the network.
+fn run_async(command: Command) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result = runtime.block_on(async {
-        match cli.command {
+        match command {
             Command::Run { pipeline } => commands::run::run(&pipeline).await,
-            Command::Validate { pipeline, connect } => {
-                commands::validate::run(&pipeline, connect).await
-            }
+            Command::Validate {
+                pipeline,
+                connect,
+                json,
+            } => commands::validate::run(&pipeline, connect, json).await,
             Command::Status { pipeline, json } => commands::status::run(&pipeline, json).await,
-            Command::Teardown { pipeline } => commands::teardown::run(&pipeline).await,
-            Command::Dlq(dlq) => {
-                use commands::dlq::{self, Selection};
-                match dlq {
-                    DlqCommand::List {
-                        pipeline,
-                        sink,
-                        json,
-                    } => dlq::list(&pipeline, Selection { sink, ids: vec![] }, json),
-                    DlqCommand::Show { pipeline, id, json } => dlq::show(&pipeline, id, json),
-                    DlqCommand::Replay {
-                        pipeline,
-                        sink,
-                        ids,
-                    } => dlq::replay(&pipeline, Selection { sink, ids }),
-                    DlqCommand::Purge {
-                        pipeline,
-                        sink,
-                        ids,
-                        all,
-                    } => dlq::purge(&pipeline, Selection { sink, ids }, all),
-                }
+            Command::Teardown { pipeline, drop_dlq } => {
+                commands::teardown::run(&pipeline, drop_dlq).await
             }
-            Command::Transform(TransformCommand::Test {
-                wasm,
-                config,
-                input,
-                timeout,
-                memory,
-                batch,
-            }) => commands::transform::test(commands::transform::TestArgs {
-                wasm,
-                config,
-                input,
-                timeout,
-                memory,
-                batch: batch as usize,
-            }),
+            Command::Dlq(_) | Command::Transform(_) | Command::Completions { .. } => {
+                unreachable!("run synchronously")
+            }
         }
     });
     // Do not wait for stray background tasks (catalog connections, HTTP pools).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Input(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(1)
-        }
-    }
+    result
 }

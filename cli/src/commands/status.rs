@@ -1,12 +1,19 @@
 //! `sluice status`: every sink's committed position and lag, and the source's side (for
 //! Postgres: the slot), from the state store, the source and (when the pipeline runs) its
 //! admin server.
+//!
+//! Lag is honest: while the pipeline runs (and has an admin server) it is the engine's own
+//! figure, 0 when a sink has caught up however long the database has been idle; when it does
+//! not run, the bytes of WAL past a sink's committed position are shown and no time is
+//! guessed; a sink that never committed has no lag to show. A stored `running` state of a
+//! pipeline that is not running is shown as `not running`. An unreachable source is an
+//! error (exit 1) after everything known was printed.
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::{json, Value};
-use sluice_runtime::state::{DeadLetters, Offsets, SqliteStore};
+use sluice_runtime::state::{DeadLetters, Offsets, SinkRecord, SqliteStore};
 use sluice_runtime::units::human_bytes;
 use sluice_runtime::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,37 +36,45 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
         Some(addr) => admin_status(addr).await,
         None => None,
     };
-    let current = upstream.position;
-    let now_micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as i64;
+    // Without an admin server, an active reader upstream is the sign of a running pipeline.
+    let running = live.is_some() || upstream.active;
     let sinks: Vec<Value> = pipeline
         .sinks
         .iter()
         .map(|s| {
             let rec = records.get(&s.name).cloned().unwrap_or_default();
-            let live_sink = live
-                .as_ref()
-                .and_then(|l| l["sinks"].as_array()?.iter().find(|x| x["name"] == s.name.as_str()).cloned());
-            let committed = rec.offset.position.commit_lsn;
+            let live_sink = live.as_ref().and_then(|l| {
+                l["sinks"]
+                    .as_array()?
+                    .iter()
+                    .find(|x| x["name"] == s.name.as_str())
+                    .cloned()
+            });
+            let committed = (rec.offset.position.commit_lsn != Lsn::ZERO).then_some(rec.offset);
+            let (lag_bytes, lag_seconds) = match &live_sink {
+                Some(l) => (l["lag_bytes"].clone(), l["lag_seconds"].clone()),
+                None => (
+                    match (upstream.position, committed) {
+                        (Some(at), Some(o)) => json!(at.0.saturating_sub(o.flush_lsn.0)),
+                        _ => Value::Null,
+                    },
+                    Value::Null,
+                ),
+            };
             json!({
                 "name": s.name,
                 "type": s.kind,
-                "state": if rec.state.is_empty() { "never run".to_string() } else { rec.state.clone() },
+                "state": state(&rec, live_sink.as_ref(), running),
                 "reason": rec.reason,
-                "committed": (committed != Lsn::ZERO).then(|| rec.offset.position.to_string()),
-                "flush_lsn": (rec.offset.flush_lsn != Lsn::ZERO).then(|| rec.offset.flush_lsn.to_string()),
-                "lag_bytes": current.map(|c| c.0.saturating_sub(rec.offset.flush_lsn.0.max(committed.0))),
-                "lag_seconds": (rec.offset.commit_ts_micros > 0)
-                    .then(|| ((now_micros - rec.offset.commit_ts_micros) as f64 / 1e6).max(0.0)),
+                "committed": committed.map(|o| o.position.to_string()),
+                "flush_lsn": committed.map(|o| o.flush_lsn.to_string()),
+                "lag_bytes": lag_bytes,
+                "lag_seconds": lag_seconds,
                 "queue": live_sink.as_ref().map(|l| l["queue"].clone()),
                 "dlq": depths.iter().find(|(n, _)| *n == s.name).map_or(0, |(_, d)| *d),
             })
         })
         .collect();
-    // Without an admin server, an active reader upstream is the sign of a running pipeline.
-    let running = live.is_some() || upstream.active;
     let mut report = serde_json::Map::new();
     report.insert("pipeline".into(), json!(pipeline.name));
     report.insert("running".into(), json!(running));
@@ -73,7 +88,26 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
     } else {
         print_human(&pipeline.name, &upstream.lines, &sinks, running);
     }
-    Ok(())
+    match upstream.error {
+        Some(e) => Err(Failure::Runtime(format!(
+            "the source could not be asked: {e}"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A sink's state as it is now: the running engine's word, else what was stored, where a
+/// `running` left by a process that is gone reads `not running`.
+fn state(rec: &SinkRecord, live: Option<&Value>, running: bool) -> String {
+    if let Some(state) = live.and_then(|l| l["state"].as_str()) {
+        return state.to_string();
+    }
+    match rec.state.as_str() {
+        "" => "never run".into(),
+        "running" if !running => "not running".into(),
+        "idle" => "not running".into(),
+        other => other.to_string(),
+    }
 }
 
 fn print_human(name: &str, upstream: &[String], sinks: &[Value], running: bool) {
@@ -84,18 +118,27 @@ fn print_human(name: &str, upstream: &[String], sinks: &[Value], running: bool) 
     for line in upstream {
         println!("{line}");
     }
-    println!(
-        "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8} {:>8}",
-        "SINK", "TYPE", "STATE", "COMMITTED", "LAG", "LAG(s)", "QUEUE", "DLQ"
+    let text = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut table = crate::table::new(
+        &[
+            "SINK",
+            "TYPE",
+            "STATE",
+            "COMMITTED",
+            "LAG",
+            "LAG(s)",
+            "QUEUE",
+            "DLQ",
+        ],
+        &[4, 5, 6, 7],
     );
+    let mut stopped = Vec::new();
     for s in sinks {
-        let text = |v: &Value| match v {
-            Value::Null => "-".to_string(),
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        println!(
-            "{:<16} {:<10} {:<10} {:<22} {:>12} {:>10} {:>8} {:>8}",
+        table.add_row(vec![
             text(&s["name"]),
             text(&s["type"]),
             text(&s["state"]),
@@ -110,10 +153,14 @@ fn print_human(name: &str, upstream: &[String], sinks: &[Value], running: bool) 
                 .unwrap_or_else(|| "-".into()),
             text(&s["queue"]),
             text(&s["dlq"]),
-        );
+        ]);
         if let Some(reason) = s["reason"].as_str() {
-            println!("  stopped: {reason}");
+            stopped.push(format!("{} stopped: {reason}", text(&s["name"])));
         }
+    }
+    println!("{}", crate::table::render(&table));
+    for line in stopped {
+        println!("  {line}");
     }
 }
 

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use serde_json::{json, Value};
 use sluice_runtime::config::{ConfigError, SourceSection};
-use sluice_runtime::source::{Source, SourceConnector, UpstreamReport};
+use sluice_runtime::source::{Source, SourceConnector, Teardown, UpstreamReport};
 use sluice_runtime::state::Store;
 use sluice_runtime::units::human_bytes;
 use sluice_runtime::{Lsn, SourceError};
@@ -96,10 +96,16 @@ impl SourceConnector for PostgresConnector {
                 ))
             })?;
         let system = conn.identify_system().await.map_err(SourceError::fatal)?;
-        Ok(vec![format!(
-            "postgres: wal_level=logical, tables present, replication allowed (cluster {})",
-            system.system_id
-        )])
+        let rights = setup::check_rights(&client, &self.options)
+            .await
+            .map_err(failed)?;
+        Ok(vec![
+            format!(
+                "postgres: wal_level=logical, tables present, replication allowed (cluster {})",
+                system.system_id
+            ),
+            format!("postgres: {rights}"),
+        ])
     }
 
     async fn prepare(&self, store: &Store) -> Result<Box<dyn Source>, SourceError> {
@@ -145,6 +151,7 @@ impl SourceConnector for PostgresConnector {
                 report.json.insert("slot_error".into(), Value::Null);
             }
             Err(e) => {
+                report.error = Some(e.to_string());
                 report.lines.push(format!("slot: unknown ({e})"));
                 report.json.insert("slot".into(), Value::Null);
                 report
@@ -155,7 +162,7 @@ impl SourceConnector for PostgresConnector {
         report
     }
 
-    async fn teardown(&self) -> Result<Vec<String>, SourceError> {
+    async fn teardown(&self) -> Result<Teardown, SourceError> {
         let client = setup::connect(&self.options.url).await.map_err(failed)?;
         setup::teardown(&client, &self.options.slot, &self.options.publication)
             .await

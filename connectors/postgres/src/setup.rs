@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 
+use sluice_runtime::source::Teardown;
 use sluice_runtime::Lsn;
 use tokio_postgres::{Client, NoTls};
 
@@ -12,8 +13,12 @@ use crate::options::{PostgresOptions, TableRef};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot connect to PostgreSQL: {}", describe(.0))]
-    Connect(#[source] tokio_postgres::Error),
+    #[error("cannot connect to PostgreSQL at {target}: {}", describe(.source))]
+    Connect {
+        /// `host:port` (never the URL: it may hold a password).
+        target: String,
+        source: tokio_postgres::Error,
+    },
     #[error("{0}")]
     Check(String),
     #[error("{what}: {}", describe(.source))]
@@ -46,7 +51,7 @@ impl SetupError {
     /// The database went away or refused us for now: worth trying again.
     pub fn is_transient(&self) -> bool {
         match self {
-            SetupError::Connect(e) | SetupError::Query { source: e, .. } => {
+            SetupError::Connect { source: e, .. } | SetupError::Query { source: e, .. } => {
                 e.is_closed()
                     || e.code().is_none_or(|c| {
                         let c = c.code();
@@ -67,13 +72,31 @@ fn query_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> S
 pub async fn connect(url: &str) -> Result<Client, SetupError> {
     let (client, connection) = tokio_postgres::connect(url, NoTls)
         .await
-        .map_err(SetupError::Connect)?;
+        .map_err(|source| SetupError::Connect {
+            target: target(url),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "catalog connection ended");
         }
     });
     Ok(client)
+}
+
+/// `host:port` of a connection URL, for messages.
+pub fn target(url: &str) -> String {
+    use tokio_postgres::config::Host;
+    let Ok(config) = url.parse::<tokio_postgres::Config>() else {
+        return "the server in source.url".into();
+    };
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        Some(Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    format!("{host}:{port}")
 }
 
 /// Quote an identifier for SQL.
@@ -121,11 +144,22 @@ pub async fn check_server(client: &Client, o: &PostgresOptions) -> Result<(), Se
 }
 
 async fn check_tables(client: &Client, o: &PostgresOptions) -> Result<(), SetupError> {
+    // A publication that publishes updates or deletes makes PostgreSQL refuse them on a
+    // table without a replica identity: the application's writes would fail.
+    let publishes_changes: bool = client
+        .query_opt(
+            "select pubupdate or pubdelete from pg_publication where pubname = $1",
+            &[&o.publication],
+        )
+        .await
+        .map_err(query_err("looking up the publication"))?
+        .is_none_or(|r| r.get(0));
     for t in o.captured_tables() {
         let row = client
             .query_opt(
                 "select c.relkind::text, c.relreplident::text,
-                        exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary)
+                        exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary),
+                        c.oid
                    from pg_class c join pg_namespace n on n.oid = c.relnamespace
                   where n.nspname = $1 and c.relname = $2",
                 &[&t.schema, &t.name],
@@ -145,6 +179,9 @@ async fn check_tables(client: &Client, o: &PostgresOptions) -> Result<(), SetupE
                 "{t} is not a table (relkind {kind}); only tables can be captured"
             )));
         }
+        if publishes_changes {
+            refuse_without_identity(client, o, t, row.get(3)).await?;
+        }
         tracing::info!(
             table = %t,
             partitioned = kind == "p",
@@ -153,6 +190,210 @@ async fn check_tables(client: &Client, o: &PostgresOptions) -> Result<(), SetupE
         );
     }
     Ok(())
+}
+
+/// Refuse a table (or a partition of it) whose updates and deletes PostgreSQL would reject
+/// once published: REPLICA IDENTITY NOTHING, or DEFAULT without a primary key.
+async fn refuse_without_identity(
+    client: &Client,
+    o: &PostgresOptions,
+    t: &TableRef,
+    oid: tokio_postgres::types::Oid,
+) -> Result<(), SetupError> {
+    let rows = client
+        .query(
+            "select n.nspname::text || '.' || c.relname::text, c.relreplident::text,
+                    exists (select 1 from pg_index i where i.indrelid = c.oid and i.indisprimary)
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where c.oid = $1 and c.relkind = 'r'
+                 or c.oid in (select relid from pg_partition_tree(($1::oid)::regclass) where isleaf)",
+            &[&oid],
+        )
+        .await
+        .map_err(query_err(format!("looking up the partitions of {t}")))?;
+    for row in rows {
+        let (name, identity, has_pk): (String, String, bool) = (row.get(0), row.get(1), row.get(2));
+        let usable = match identity.as_str() {
+            "f" | "i" => true,
+            "d" => has_pk,
+            _ => false,
+        };
+        if usable {
+            continue;
+        }
+        let what = match identity.as_str() {
+            "n" => "has REPLICA IDENTITY NOTHING".to_string(),
+            _ => "has no primary key (REPLICA IDENTITY DEFAULT)".to_string(),
+        };
+        let of = if name == t.to_string() {
+            String::new()
+        } else {
+            format!(" (a partition of {t})")
+        };
+        return Err(SetupError::Check(format!(
+            "table {name}{of} {what}: in a publication that publishes updates and deletes,              PostgreSQL would refuse the application's UPDATE and DELETE on it (\"cannot update \
+             table because it does not have a replica identity\"), and sluice never makes the \
+             application's writes fail. Choose one:\n\
+             - add a primary key: ALTER TABLE {name} ADD PRIMARY KEY (...);\n\
+             - or send whole rows as the identity: ALTER TABLE {name} REPLICA IDENTITY FULL;\n\
+             - or capture its inserts only: an administrator runs CREATE PUBLICATION {pub_} FOR \
+             TABLE {list} WITH (publish = 'insert', publish_via_partition_root = true); (the \
+             publication named in source.publication; every table in it then sends inserts only)",
+            pub_ = ident(&o.publication),
+            list = o
+                .captured_tables()
+                .map(|t| t.quoted())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )));
+    }
+    Ok(())
+}
+
+/// Read-only: what `run` will have to create (the publication, its missing tables, the
+/// slot), whether this role may, and the SQL for an administrator when it may not. Used by
+/// `validate --connect`, so that it says OK only when `run` would get past its start.
+pub async fn check_rights(client: &Client, o: &PostgresOptions) -> Result<String, SetupError> {
+    let superuser: bool = client
+        .query_one(
+            "select rolsuper from pg_roles where rolname = current_user",
+            &[],
+        )
+        .await
+        .map_err(query_err("reading the role"))?
+        .get(0);
+    let tables: Vec<&TableRef> = o.captured_tables().collect();
+    let list = tables
+        .iter()
+        .map(|t| t.quoted())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let publication = client
+        .query_opt(
+            "select puballtables, pg_has_role(pubowner, 'USAGE') from pg_publication where pubname = $1",
+            &[&o.publication],
+        )
+        .await
+        .map_err(query_err("looking up the publication"))?;
+    let mut said = Vec::new();
+    match publication {
+        None => {
+            let may_create: bool = client
+                .query_one(
+                    "select has_database_privilege(current_user, current_database(), 'CREATE')",
+                    &[],
+                )
+                .await
+                .map_err(query_err("reading the database's privileges"))?
+                .get(0);
+            let mut owns_all = true;
+            for t in &tables {
+                owns_all &= owns(client, t).await?;
+            }
+            if !(superuser || may_create && owns_all) {
+                let tables = if list.is_empty() {
+                    String::new()
+                } else {
+                    format!("FOR TABLE {list} ")
+                };
+                return Err(SetupError::Check(format!(
+                    "publication {} does not exist and this role may not create it (it needs \
+                     CREATE on the database and to own the tables); ask an administrator to run:\n    \
+                     CREATE PUBLICATION {} {tables}WITH (publish_via_partition_root = true);",
+                    o.publication,
+                    ident(&o.publication)
+                )));
+            }
+            said.push(format!("publication {} will be created", o.publication));
+        }
+        Some(row) if row.get::<_, bool>(0) => {
+            said.push(format!("publication {} covers all tables", o.publication))
+        }
+        Some(row) => {
+            let owns_publication: bool = row.get(1);
+            let rows = client
+                .query(
+                    "select schemaname::text, tablename::text from pg_publication_tables where pubname = $1",
+                    &[&o.publication],
+                )
+                .await
+                .map_err(query_err("listing the publication's tables"))?;
+            let published: BTreeSet<(String, String)> =
+                rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+            let missing: Vec<&&TableRef> = tables
+                .iter()
+                .filter(|t| !published.contains(&(t.schema.clone(), t.name.clone())))
+                .collect();
+            if missing.is_empty() {
+                said.push(format!("publication {} has every table", o.publication));
+            } else {
+                let mut may = superuser || owns_publication;
+                for t in &missing {
+                    may &= superuser || owns(client, t).await?;
+                }
+                let names = missing
+                    .iter()
+                    .map(|t| t.quoted())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if !may {
+                    return Err(SetupError::Check(format!(
+                        "publication {} lacks {names} and this role may not add them (it needs \
+                         to own the publication and the tables); ask an administrator to run:\n    \
+                         ALTER PUBLICATION {} ADD TABLE {names};",
+                        o.publication,
+                        ident(&o.publication)
+                    )));
+                }
+                said.push(format!(
+                    "publication {}: {names} will be added",
+                    o.publication
+                ));
+            }
+        }
+    }
+    let slot = client
+        .query_opt(
+            "select 1 from pg_replication_slots where slot_name = $1",
+            &[&o.slot],
+        )
+        .await
+        .map_err(query_err("looking up the replication slot"))?;
+    if slot.is_none() {
+        let free: i64 = client
+            .query_one(
+                "select current_setting('max_replication_slots')::bigint - count(*) from pg_replication_slots",
+                &[],
+            )
+            .await
+            .map_err(query_err("counting replication slots"))?
+            .get(0);
+        if free < 1 {
+            return Err(SetupError::Check(format!(
+                "replication slot {} does not exist and every replication slot is taken \
+                 (max_replication_slots); raise it or drop an unused slot",
+                o.slot
+            )));
+        }
+        said.push(format!("replication slot {} will be created", o.slot));
+    } else {
+        said.push(format!("replication slot {} exists", o.slot));
+    }
+    Ok(said.join("; "))
+}
+
+/// Whether the current role owns (or is a member of the owner of) table `t`.
+async fn owns(client: &Client, t: &TableRef) -> Result<bool, SetupError> {
+    client
+        .query_one(
+            "select pg_has_role(c.relowner, 'USAGE')
+               from pg_class c join pg_namespace n on n.oid = c.relnamespace
+              where n.nspname = $1 and c.relname = $2",
+            &[&t.schema, &t.name],
+        )
+        .await
+        .map(|r| r.get::<_, bool>(0))
+        .map_err(query_err(format!("reading the owner of {t}")))
 }
 
 async fn ensure_publication(client: &Client, o: &PostgresOptions) -> Result<(), SetupError> {
@@ -370,13 +611,15 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SetupError> {
     text.parse().map_err(|e| SetupError::Check(format!("{e}")))
 }
 
-/// Drop the slot and the publication. Refuses while the slot is in use.
+/// Drop the slot and the publication, as far as the role may. Refuses, having done
+/// nothing, while the slot is in use. A publication the role may not drop (an administrator
+/// created it, or owns it) is left with the statement an administrator must run.
 pub async fn teardown(
     client: &Client,
     slot: &str,
     publication: &str,
-) -> Result<Vec<String>, SetupError> {
-    let mut done = Vec::new();
+) -> Result<Teardown, SetupError> {
+    let mut report = Teardown::default();
     let active = client
         .query_opt(
             "select active from pg_replication_slots where slot_name = $1",
@@ -395,9 +638,13 @@ pub async fn teardown(
                 .execute("select pg_drop_replication_slot($1)", &[&slot])
                 .await
                 .map_err(query_err("dropping the replication slot"))?;
-            done.push(format!("dropped replication slot {slot}"));
+            report.done.push(format!(
+                "dropped replication slot {slot} (PostgreSQL no longer keeps WAL for it)"
+            ));
         }
-        None => done.push(format!("replication slot {slot} did not exist")),
+        None => report
+            .done
+            .push(format!("replication slot {slot} did not exist")),
     }
     let exists = client
         .query_opt(
@@ -407,14 +654,22 @@ pub async fn teardown(
         .await
         .map_err(query_err("looking up the publication"))?
         .is_some();
-    if exists {
-        client
-            .batch_execute(&format!("DROP PUBLICATION {}", ident(publication)))
-            .await
-            .map_err(query_err("dropping the publication"))?;
-        done.push(format!("dropped publication {publication}"));
+    let drop = format!("DROP PUBLICATION {};", ident(publication));
+    if !exists {
+        report
+            .done
+            .push(format!("publication {publication} did not exist"));
     } else {
-        done.push(format!("publication {publication} did not exist"));
+        match client.batch_execute(&drop).await {
+            Ok(()) => report
+                .done
+                .push(format!("dropped publication {publication}")),
+            // 42501: insufficient privilege (not the owner).
+            Err(e) if e.code().is_some_and(|c| c.code() == "42501") => {
+                report.for_admin.push(drop);
+            }
+            Err(e) => return Err(query_err("dropping the publication")(e)),
+        }
     }
-    Ok(done)
+    Ok(report)
 }

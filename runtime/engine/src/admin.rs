@@ -79,6 +79,28 @@ fn lag_bytes(s: &AdminState, sink: &SinkProgress, reader: ReaderId) -> u64 {
         .saturating_sub(offset.position.commit_lsn.0)
 }
 
+/// Seconds between now and the commit of the oldest event this sink has not finished: 0
+/// when it has caught up, however long the database has been idle.
+fn lag_seconds(s: &AdminState, sink: &SinkProgress, reader: ReaderId) -> f64 {
+    if lag_bytes(s, sink, reader) == 0 {
+        return 0.0;
+    }
+    let in_flight = sink.oldest_in_flight_ts.load(Relaxed);
+    let oldest = match in_flight {
+        0 => s.journal.oldest_unread_ts(reader),
+        ts => Some(ts),
+    };
+    match oldest {
+        Some(ts) if ts > 0 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as i64);
+            ((now - ts) as f64 / 1e6).max(0.0)
+        }
+        _ => 0.0,
+    }
+}
+
 async fn metrics(State(s): State<AdminState>) -> Response {
     let p = &s.progress;
     let mut text = String::new();
@@ -249,6 +271,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
                 "committed": offset.position.to_string(),
                 "flush_lsn": offset.flush_lsn.to_string(),
                 "lag_bytes": lag_bytes(&s, sink, *reader),
+                "lag_seconds": lag_seconds(&s, sink, *reader),
                 "queue": s.journal.backlog(*reader),
                 "delivered": sink.counters.delivered.load(Relaxed),
                 "retries": sink.counters.retries.load(Relaxed),

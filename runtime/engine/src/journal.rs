@@ -143,6 +143,17 @@ impl Journal {
         inner.cursors[reader.0].map_or(0, |c| inner.head() - c)
     }
 
+    /// Commit time (µs since the epoch) of the first event this reader has not read yet.
+    pub fn oldest_unread_ts(&self, reader: ReaderId) -> Option<i64> {
+        let inner = self.inner.lock().unwrap();
+        let cursor = inner.cursors[reader.0]?;
+        let start = (cursor - inner.base) as usize;
+        inner.entries.range(start..).find_map(|e| match e {
+            Entry::Event(r) => Some(r.event.source.ts_micros),
+            Entry::Commit { .. } => None,
+        })
+    }
+
     /// Append entries in order, waiting while the journal is full. Returns the sequence
     /// number after the last appended entry (the new head).
     pub async fn append(&self, entries: Vec<Entry>) -> u64 {

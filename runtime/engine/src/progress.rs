@@ -7,7 +7,7 @@
 //! [`Progress::durable_changes`]. Only durable positions count, so the slot never forgets
 //! WAL that a crash would need.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -56,6 +56,10 @@ pub struct SinkCounters {
 pub struct SinkProgress {
     pub name: String,
     pub counters: SinkCounters,
+    /// Commit time (µs since the epoch) of the oldest event handed to the sink and not yet
+    /// answered; 0 when nothing is in flight. With the journal's oldest unread event, what
+    /// lag in seconds is measured from.
+    pub oldest_in_flight_ts: AtomicI64,
     state: Mutex<SinkState>,
     /// Bumped whenever a sink's durable position moves or it stops.
     changed: Arc<watch::Sender<u64>>,
@@ -160,6 +164,7 @@ impl Progress {
                         ..Default::default()
                     }),
                     changed: changed.clone(),
+                    oldest_in_flight_ts: AtomicI64::new(0),
                 })
             })
             .collect();

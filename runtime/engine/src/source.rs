@@ -200,9 +200,18 @@ pub trait SourceConnector: Send + Sync {
     /// terminal, and the upstream's current end (for each sink's lag in bytes).
     async fn describe(&self) -> UpstreamReport;
 
-    /// `teardown`: drop what `prepare` created upstream. Returns what was done, a line
-    /// each.
-    async fn teardown(&self) -> Result<Vec<String>, SourceError>;
+    /// `teardown`: drop what `prepare` created upstream, as far as the role may. Refuses
+    /// (an error, nothing done) while a pipeline still reads.
+    async fn teardown(&self) -> Result<Teardown, SourceError>;
+}
+
+/// What `teardown` did upstream, and what is left for someone with more rights.
+#[derive(Clone, Debug, Default)]
+pub struct Teardown {
+    /// What was removed (or found absent), a line each.
+    pub done: Vec<String>,
+    /// Statements an administrator must run to finish (the role may not), each a line.
+    pub for_admin: Vec<String>,
 }
 
 /// A source's answer to `sluice status`.
@@ -216,6 +225,8 @@ pub struct UpstreamReport {
     pub position: Option<Lsn>,
     /// Whether a reader is attached upstream (a pipeline is running).
     pub active: bool,
+    /// Why the upstream could not be asked (it is unreachable, say): `status` then fails.
+    pub error: Option<String>,
 }
 
 /// How often the engine acknowledges at least, when nothing advances.

@@ -25,13 +25,8 @@ use crate::spec::TransformSpec;
 /// out-of-memory it is thrown away and a fresh one is started (and `init` run again) for the
 /// next call.
 pub struct Transform {
-    name: Arc<str>,
+    recipe: Recipe,
     fingerprint: String,
-    config: Vec<(String, String)>,
-    timeout: Duration,
-    memory: u64,
-    engine: Engine,
-    pre: TransformerPre<Sandbox>,
     live: Option<Live>,
     /// Buffers for the views of a batch, reused from batch to batch.
     scratch: convert::Scratch,
@@ -40,6 +35,16 @@ pub struct Transform {
     pub(crate) origin: Origin,
     /// Keeps deadlines ticking while this transform lives, even if the host is dropped.
     _ticker: Arc<Ticker>,
+}
+
+/// What starting an instance takes (shared with the thread that may run it).
+struct Recipe {
+    name: Arc<str>,
+    config: Vec<(String, String)>,
+    timeout: Duration,
+    memory: u64,
+    engine: Engine,
+    pre: TransformerPre<Sandbox>,
 }
 
 /// An instance and the store it lives in.
@@ -58,23 +63,25 @@ impl Transform {
         ticker: Arc<Ticker>,
     ) -> Result<Self, LoadError> {
         let mut t = Transform {
-            name: spec.name.as_str().into(),
+            recipe: Recipe {
+                name: spec.name.as_str().into(),
+                config: spec
+                    .config
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                timeout: spec.timeout,
+                memory: spec.memory,
+                engine,
+                pre,
+            },
             fingerprint,
-            config: spec
-                .config
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            timeout: spec.timeout,
-            memory: spec.memory,
-            engine,
-            pre,
             live: None,
             scratch: convert::Scratch::default(),
             origin,
             _ticker: ticker,
         };
-        match t.instantiate() {
+        match t.recipe.instantiate_anywhere() {
             Ok(live) => t.live = Some(live),
             Err(Start::Instantiate(e)) => {
                 return Err(LoadError::Instantiate {
@@ -99,7 +106,7 @@ impl Transform {
     }
 
     pub fn name(&self) -> &str {
-        &self.name
+        &self.recipe.name
     }
 
     /// A hex SHA-256 of the component's bytes and the config (in key order): identifies the
@@ -145,7 +152,7 @@ impl Transform {
             Err(e) if events.len() == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::warn!(
-                    transform = &*self.name,
+                    transform = &*self.recipe.name,
                     kind = e.kind.as_str(),
                     "A batch of {} events failed ({}); running them one by one to isolate the failure",
                     events.len(),
@@ -169,7 +176,7 @@ impl Transform {
     /// Start an instance if the last one died.
     fn ensure_live(&mut self) -> Result<(), TransformError> {
         if self.live.is_none() {
-            match self.instantiate() {
+            match self.recipe.instantiate_anywhere() {
                 Ok(live) => self.live = Some(live),
                 Err(Start::Instantiate(e) | Start::InitTrap(e)) => return Err(e),
                 Err(Start::Init(message)) => {
@@ -187,7 +194,7 @@ impl Transform {
     fn call(&mut self, batch: Batch<'_>) -> Result<Output, TransformError> {
         let live = self.live.as_mut().expect("a live instance");
         live.store.data_mut().limits.memory_refused = false;
-        live.store.set_epoch_deadline(ticks(self.timeout));
+        live.store.set_epoch_deadline(ticks(self.recipe.timeout));
         let result = live.guest.call_transform(&mut live.store, batch);
         let stderr = live.store.data_mut().forward_output();
         match result {
@@ -195,9 +202,39 @@ impl Transform {
             Err(e) => {
                 let refused = live.store.data().limits.memory_refused;
                 self.live = None;
-                Err(self.classify(e, refused, &stderr))
+                Err(self.recipe.classify(e, refused, &stderr))
             }
         }
+    }
+}
+
+impl Recipe {
+    /// [`Recipe::instantiate`] from any thread. Guest code (its `init`, its panic
+    /// handler writing to stderr) reaches WASI's blocking calls, which start a Tokio runtime
+    /// of their own and so must not run on a thread inside one: there, it runs on a plain
+    /// thread of its own, so a guest can never crash the process, whoever loads it.
+    fn instantiate_anywhere(&self) -> Result<Live, Start> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.instantiate();
+        }
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name(format!("sluice-init-{}", self.name))
+                .spawn_scoped(s, || self.instantiate())
+                .map_err(|e| {
+                    Start::Instantiate(TransformError::new(
+                        TransformErrorKind::Trap,
+                        format!("cannot start a thread to run the transform: {e}"),
+                    ))
+                })?
+                .join()
+                .unwrap_or_else(|_| {
+                    Err(Start::Instantiate(TransformError::new(
+                        TransformErrorKind::Trap,
+                        "the host panicked while the transform started".to_string(),
+                    )))
+                })
+        })
     }
 
     /// A fresh store and instance, with `init` run.

@@ -133,6 +133,12 @@ pub fn load_str(
     if state.as_os_str().is_empty() {
         return Err(at("state", "the state file's path is empty".into()));
     }
+    // Relative to the pipeline file, not to wherever `sluice` is started: the same file
+    // always finds the same offsets and dead letters.
+    let state = match file.parent() {
+        Some(dir) if state.is_relative() => dir.join(state),
+        _ => state,
+    };
     let admin = match raw.admin {
         None => None,
         Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {

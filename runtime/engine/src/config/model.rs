@@ -32,7 +32,7 @@ pub struct Pipeline {
     /// The pipeline-level delivery settings (each sink's own are in [`SinkSection::delivery`]).
     pub delivery: DeliveryConfig,
     /// The state database (offsets and DLQ). Default `.sluice/<pipeline>.db`; a relative path
-    /// is kept as written and so is relative to the current directory.
+    /// is relative to the pipeline file's folder (whatever the current directory).
     pub state: PathBuf,
     /// Where to serve `/metrics`, `/healthz`, `/readyz` and `/status`; `None`: not served.
     pub admin: Option<SocketAddr>,

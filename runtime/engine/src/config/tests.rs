@@ -72,7 +72,11 @@ fn the_base_file_is_valid_and_gets_defaults() {
     assert_eq!(p.source.pipeline, "orders");
     assert!(p.transforms.is_empty());
     assert_eq!(p.delivery, DeliveryConfig::default());
-    assert_eq!(p.state, Path::new(".sluice/orders.db"));
+    assert_eq!(
+        p.state,
+        Path::new("pipelines/.sluice/orders.db"),
+        "beside the file"
+    );
     assert_eq!(p.admin, None);
     assert_eq!(p.sinks.len(), 1);
     let s = &p.sinks[0];
@@ -88,7 +92,7 @@ fn the_base_file_is_valid_and_gets_defaults() {
 fn names_with_dashes_name_the_state_file() {
     let p = load(&with(&[(1, "pipeline: orders-eu_2")])).unwrap();
     assert_eq!(p.source.pipeline, "orders-eu_2");
-    assert_eq!(p.state, Path::new(".sluice/orders-eu_2.db"));
+    assert_eq!(p.state, Path::new("pipelines/.sluice/orders-eu_2.db"));
 }
 
 #[test]

@@ -173,6 +173,8 @@ impl SinkDriver {
                 {
                     let done = in_flight.pop_front().expect("guarded");
                     self.complete(done, answers, &mut parked).await?;
+                    let next = in_flight.front().map_or(0, |f| first_ts(&f.outgoing));
+                    self.progress.oldest_in_flight_ts.store(next, relaxed());
                 }
                 _ = self.shutdown.aborting(), if !in_flight.is_empty() => {
                     return Err(SinkStop::Interrupted);
@@ -187,6 +189,9 @@ impl SinkDriver {
                     let inputs = self.select(&entries, committed.position, &mut offset, &parked);
                     let outgoing = self.outgoing(&inputs, &mut parked);
                     let answers = self.send(&outgoing.batch).await;
+                    if in_flight.is_empty() {
+                        self.progress.oldest_in_flight_ts.store(first_ts(&outgoing), relaxed());
+                    }
                     in_flight.push_back(InFlight {
                         done_seq: seq + entries.len() as u64,
                         offset,
@@ -275,6 +280,14 @@ impl SinkDriver {
         self.progress.advance(done.done_seq, done.offset);
         Ok(())
     }
+}
+
+/// Commit time of the first event of a batch (0 for a batch without events).
+fn first_ts(outgoing: &Outgoing) -> i64 {
+    outgoing
+        .originals
+        .first()
+        .map_or(0, |e| e.source.ts_micros)
 }
 
 fn relaxed() -> std::sync::atomic::Ordering {

@@ -63,7 +63,8 @@ pub trait Offsets {
     /// A fact about the pipeline (e.g. the source's cluster identity).
     fn meta(&self, key: &str) -> Result<Option<String>, StateError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError>;
-    /// Forget everything: offsets, statuses, facts and dead letters (`sluice teardown`).
+    /// Forget the offsets, the statuses and the facts (`sluice teardown`). Dead letters
+    /// stay: dropping them is a decision of its own ([`DeadLetters::dlq_purge`]).
     fn clear(&self) -> Result<(), StateError>;
 }
 

@@ -242,7 +242,10 @@ impl Offsets for SqliteStore {
 
     fn clear(&self) -> Result<(), StateError> {
         self.conn
-            .execute_batch("delete from sink_offsets; delete from sink_status; delete from meta; delete from dlq;")
+            .execute_batch(
+                "delete from sink_offsets; delete from sink_status;
+                 delete from meta where key != 'dlq_version';",
+            )
             .map_err(|e| self.err(e))
     }
 }
@@ -277,6 +280,8 @@ mod tests {
         assert_eq!(s.meta("system_id").unwrap().as_deref(), Some("123"));
         s.clear().unwrap();
         assert!(s.offsets().unwrap().is_empty());
+        assert!(s.sinks().unwrap().is_empty());
+        assert_eq!(s.meta("system_id").unwrap(), None);
         std::fs::remove_dir_all(dir).ok();
     }
 }
