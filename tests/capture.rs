@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{assert_per_key_order, position, wait_delivered, wait_streaming, webhook_pipeline};
+use common::{
+    assert_per_key_order, http_get, position, sample, try_get, wait_delivered, wait_streaming,
+    webhook_pipeline,
+};
 use harness::{eventually, free_port, scratch_dir, Postgres, Receiver, Respond, Sluice};
 
 /// Wait until `sink`'s committed offset in `state.db` is at least `at`; returns it.
@@ -42,55 +45,6 @@ fn sorted(mut events: Vec<Value>) -> Vec<Value> {
 fn lsn(text: &str) -> u64 {
     let (hi, lo) = text.split_once('/').expect("an LSN X/Y");
     (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
-}
-
-/// A plain HTTP/1.0 GET to 127.0.0.1:`port`: (status, body), or why it failed.
-async fn try_get(port: u16, path: &str) -> Result<(u16, String), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .map_err(|e| format!("connect to 127.0.0.1:{port}: {e}"))?;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| format!("send: {e}"))?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
-            .await
-            .map_err(|e| format!("receive: {e}"))?;
-        Ok::<_, String>(response)
-    };
-    let response = tokio::time::timeout(Duration::from_secs(10), fetch)
-        .await
-        .map_err(|_| format!("GET {path} took longer than 10 s"))??;
-    let text = String::from_utf8(response).map_err(|e| format!("not UTF-8: {e}"))?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("no end of headers: {text}"))?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line: {head}"))?;
-    Ok((status, body.to_string()))
-}
-
-/// GET from `sluice`'s admin server; panics with the log when it does not answer.
-async fn http_get(sluice: &Sluice, port: u16, path: &str) -> (u16, String) {
-    try_get(port, path)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", sluice.log()))
-}
-
-/// The value of one sample line (`name{labels} value`) in Prometheus text.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let (name, value) = l.rsplit_once(' ')?;
-        (name == series).then(|| value.parse().ok())?
-    })
 }
 
 /// `sluice status PIPELINE --json`, parsed.
@@ -566,10 +520,11 @@ fn dlq_json(dir: &std::path::Path) -> Vec<Value> {
         .clone()
 }
 
-/// A receiver that starts answering 422 to everything: each rejected event goes to the
-/// DLQ until the DLQ breaker trips; the only sink stops, so the process exits 1 on its own,
-/// `status` says why, the offset stays before what the sink never finished, and after the
-/// receiver is fixed a restart plus `dlq replay` delivers everything: nothing is lost.
+/// A receiver that starts answering 422: each rejected event goes to the DLQ until the DLQ
+/// breaker trips. A breaker trip is a stop, not a skip: the tripping batch is parked and
+/// passed, nothing after it is sent, and the sink stays stopped (the process stays up, not
+/// ready; a restart keeps it stopped) until an operator replays or purges its dead letters,
+/// which resumes it in place.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_receiver_rejecting_everything_trips_the_breaker_and_nothing_is_lost() {
     let pg = Postgres::start("rejected");
@@ -607,14 +562,23 @@ async fn a_receiver_rejecting_everything_trips_the_breaker_and_nothing_is_lost()
     )
     .await
     .unwrap();
-    let started = Instant::now();
-    let code = sluice.wait(Duration::from_secs(60));
-    let took = started.elapsed();
-    assert_eq!(
-        code,
-        1,
-        "the only sink stopped: the process exits 1 by itself; log:\n{}",
+    let report = eventually(Duration::from_secs(60), "the breaker to trip", async || {
+        let report = status_json(&dir);
+        (report["sinks"][0]["state"] == "stopped").then_some(report)
+    })
+    .await;
+    let sink = &report["sinks"][0];
+    let reason = sink["reason"].as_str().expect("a reason");
+    assert!(reason.contains("breaker"), "{reason}");
+    assert!(
+        sluice.is_running(),
+        "the process waits for an operator; log:\n{}",
         sluice.log()
+    );
+    let log = sluice.log();
+    assert!(
+        log.contains("sink stopped by the DLQ breaker") && log.contains("hook"),
+        "the log names the sink and the breaker:\n{log}"
     );
     let rejected: Vec<Value> = rx
         .requests()
@@ -628,21 +592,11 @@ async fn a_receiver_rejecting_everything_trips_the_breaker_and_nothing_is_lost()
         "each rejected event was tried once (a 422 is not retried)"
     );
     let last_rejected = rejected.iter().max_by_key(|e| position(e)).unwrap();
-    let log = sluice.log();
-    let error = log
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("an `error:` line; log:\n{log}"));
-    assert!(
-        error.contains("hook") && error.contains("breaker"),
-        "the error names the sink and the breaker: {error}"
-    );
-    let committed = sluice.committed("state.db", "hook").unwrap();
-    assert!(
-        committed >= position(&second) && committed < position(last_rejected),
-        "committed {committed:?} must stay before the batch that tripped the breaker ({})",
-        last_rejected["id"]
+    let committed = wait_committed(&sluice, "hook", position(last_rejected)).await;
+    assert_eq!(
+        committed,
+        position(last_rejected),
+        "the tripping batch is parked and passed (a purge is final), nothing further"
     );
 
     // Every rejected event is in the DLQ with the receiver's answer.
@@ -660,34 +614,46 @@ async fn a_receiver_rejecting_everything_trips_the_breaker_and_nothing_is_lost()
         assert!(e["error"].as_str().unwrap().contains("422"), "{e:#}");
         assert!(e["original"]["after"]["id"].as_i64().unwrap() >= 3);
     }
-
-    let report = status_json(&dir);
-    let sink = &report["sinks"][0];
-    assert_eq!(sink["name"], "hook");
-    assert_eq!(sink["state"], "stopped", "{report:#}");
-    let reason = sink["reason"].as_str().expect("a reason");
-    assert!(reason.contains("breaker"), "{reason}");
-    assert_eq!(sink["dlq"], 3, "{report:#}");
+    assert_eq!(status_json(&dir)["sinks"][0]["dlq"], 3);
     let text = status_text(&dir);
     assert!(
         text.contains("stopped") && text.contains("breaker"),
         "{text}"
     );
 
-    // The receiver is fixed: restart, replay the DLQ, and everything arrives.
-    let first_run = rx.delivered().len();
+    // A restart keeps the sink stopped: row 6 is not sent.
+    assert_eq!(
+        sluice.terminate(Duration::from_secs(30)),
+        1,
+        "a stopped sink at exit"
+    );
     rx.respond(Respond::Ok);
+    let first_run = rx.delivered().len();
     sluice.restart();
     wait_streaming(&pg, "sluice_rejected").await;
+    db.batch_execute("insert into items values (6, 0)")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        rx.delivered().len(),
+        first_run,
+        "still stopped after a restart"
+    );
+    assert_eq!(status_json(&dir)["sinks"][0]["state"], "stopped");
+
+    // The receiver is fixed: replaying resumes the sink in place, and everything arrives.
     let out = harness::sluice::command(&dir, &["dlq", "replay", "pipeline.yaml", "--sink", "hook"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    db.batch_execute("insert into items values (6, 0)")
-        .await
-        .unwrap();
+    assert!(
+        said.contains("breaker") && said.contains("resume"),
+        "replay says what happens: {said}"
+    );
     let again = eventually(
         Duration::from_secs(60),
         "rows 3 to 6 after the fix",
@@ -720,7 +686,6 @@ async fn a_receiver_rejecting_everything_trips_the_breaker_and_nothing_is_lost()
     .await;
     assert_eq!(status_json(&dir)["sinks"][0]["state"], "running");
     assert_eq!(sluice.terminate(Duration::from_secs(30)), 0);
-    eprintln!("the breaker stopped the process {took:?} after the rejected inserts");
 }
 
 // 6 ───────────────────────────────────────────────────────────────────────────────────────

@@ -88,3 +88,52 @@ pub async fn wait_delivered(rx: &Receiver, n: usize, sluice: &Sluice) -> Vec<Val
     );
     got
 }
+
+/// A plain HTTP/1.0 GET to 127.0.0.1:`port`: (status, body), or why it failed.
+pub async fn try_get(port: u16, path: &str) -> Result<(u16, String), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| format!("connect to 127.0.0.1:{port}: {e}"))?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+        let mut response = Vec::new();
+        stream
+            .read_to_end(&mut response)
+            .await
+            .map_err(|e| format!("receive: {e}"))?;
+        Ok::<_, String>(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .map_err(|_| format!("GET {path} took longer than 10 s"))??;
+    let text = String::from_utf8(response).map_err(|e| format!("not UTF-8: {e}"))?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no end of headers: {text}"))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line: {head}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// GET from `sluice`'s admin server; panics with the log when it does not answer.
+pub async fn http_get(sluice: &Sluice, port: u16, path: &str) -> (u16, String) {
+    try_get(port, path)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}; log:\n{}", sluice.log()))
+}
+
+/// The value of one sample line (`name{labels} value`) in Prometheus text.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}

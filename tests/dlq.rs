@@ -138,7 +138,12 @@ async fn poison_events_are_parked_with_context_then_replayed_and_purged() {
             entry["error"]
         );
         assert_eq!(entry["attempts"], 1);
-        assert!(entry["first_failed_at"].as_i64().unwrap() > 0);
+        // RFC 3339, and recent.
+        let first = sluice_runtime::event::parse_timestamp_micros(
+            entry["first_failed_at"].as_str().expect("an RFC 3339 time"),
+        )
+        .expect("an RFC 3339 time");
+        assert!(first > 1_700_000_000_000_000, "{first}");
         assert_eq!(entry["failed"], entry["original"]);
         assert_eq!(entry["config_hash"].as_str().unwrap().len(), 16);
     }

@@ -384,3 +384,308 @@ async fn status_is_honest_when_idle_stopped_or_unreachable() {
     assert_eq!(code, Some(1), "an unreachable source is an error: {report}");
     assert!(report["slot_error"].as_str().is_some(), "{report}");
 }
+
+/// `/metrics` carries what operators of Debezium and Vector expect, counted where it
+/// happens: dead letters by the stage that failed them (a transform or the sink), events by
+/// op, HTTP statuses, latency and transform time histograms, lag, the build and the
+/// process. Every metric the shipped Grafana dashboard uses exists.
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_by_stage_op_and_status_and_feed_the_dashboard() {
+    let pg = Postgres::start("metrics");
+    let db = pg.client().await;
+    db.batch_execute("create table orders (id int primary key, mode text)")
+        .await
+        .unwrap();
+    let rx = Receiver::start().await;
+    rx.respond(Respond::With(Arc::new(|e: &Value| {
+        if e["key"]["id"] == 3 {
+            422
+        } else {
+            200
+        }
+    })));
+    let dir = scratch_dir("metrics");
+    let port = harness::free_port();
+    let hostile = harness::transform_artifact("hostile");
+    let yaml = webhook_pipeline(
+        "mx",
+        &pg,
+        &["orders"],
+        &rx.url(),
+        "",
+        &format!(
+            "admin: 127.0.0.1:{port}\n\
+             transforms: [ {{ name: guard, wasm: {} }} ]\n",
+            hostile.display()
+        ),
+    );
+    let mut sluice = Sluice::start(&dir, &yaml);
+    wait_streaming(&pg, "sluice_mx").await;
+    db.batch_execute(
+        "insert into orders values (1, 'none'), (2, 'error'), (3, 'none'), (4, 'none');
+         update orders set mode = 'none' where id = 1;",
+    )
+    .await
+    .unwrap();
+    wait_delivered(&rx, 3, &sluice).await;
+    let metrics = harness::eventually(Duration::from_secs(20), "the counts", async || {
+        let (_, text) = common::http_get(&sluice, port, "/metrics").await;
+        (common::sample(&text, "sluice_dlq_depth{sink=\"hook\"}") == Some(2.0)).then_some(text)
+    })
+    .await;
+    let at = |series: &str| common::sample(&metrics, series);
+    assert_eq!(
+        at(r#"sluice_dlq_events_total{sink="hook",stage="guard"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        at(r#"sluice_dlq_events_total{sink="hook",stage="sink"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        at(r#"sluice_sink_events_total{sink="hook",op="insert"}"#),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        at(r#"sluice_sink_events_total{sink="hook",op="update"}"#),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        at(r#"sluice_sink_http_responses_total{sink="hook",code="200"}"#),
+        Some(3.0)
+    );
+    assert_eq!(
+        at(r#"sluice_sink_http_responses_total{sink="hook",code="422"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        at(r#"sluice_sink_latency_seconds_count{sink="hook"}"#),
+        Some(3.0)
+    );
+    assert!(
+        at(r#"sluice_transform_batch_seconds_count{transform="guard",chain="pipeline"}"#)
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        at(r#"sluice_sink_lag_seconds{sink="hook"}"#),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(metrics.contains("sluice_build_info{version="), "{metrics}");
+    assert!(at("sluice_process_resident_memory_bytes").is_some_and(|b| b > 1e6));
+
+    let dashboard = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/grafana/sluice-dashboard.json"),
+    )
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut used = std::collections::BTreeSet::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for (i, _) in expr.match_indices("sluice_") {
+                let name: String = expr[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                used.insert(name);
+            }
+        }
+    }
+    assert!(used.len() > 10, "{used:?}");
+    for name in used {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} "))),
+            "the dashboard uses {name}, which /metrics does not have:\n{metrics}"
+        );
+    }
+    assert_eq!(sluice.terminate(Duration::from_secs(30)), 0);
+}
+
+/// SIGTERM with a backlog to a slow (but healthy) receiver: the process exits 0 within
+/// `shutdown_timeout`, leaving what it had not delivered uncommitted; the next run delivers
+/// the rest, nothing lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_is_bounded_by_its_timeout_and_loses_nothing() {
+    let pg = Postgres::start("shutdown");
+    let db = pg.client().await;
+    db.batch_execute("create table items (id int primary key)")
+        .await
+        .unwrap();
+    let rx = Receiver::start().await;
+    rx.jitter(Some(Duration::from_millis(400)));
+    let dir = scratch_dir("shutdown");
+    let yaml = webhook_pipeline(
+        "sd",
+        &pg,
+        &["items"],
+        &rx.url(),
+        "    concurrency: 4\n",
+        "shutdown_timeout: 2s\n",
+    );
+    let mut sluice = Sluice::start(&dir, &yaml);
+    wait_streaming(&pg, "sluice_sd").await;
+    db.batch_execute("insert into items select generate_series(1, 2000)")
+        .await
+        .unwrap();
+    harness::eventually(Duration::from_secs(30), "deliveries to start", async || {
+        (rx.delivered_count() > 10).then_some(())
+    })
+    .await;
+    let asked = std::time::Instant::now();
+    assert_eq!(
+        sluice.terminate(Duration::from_secs(30)),
+        0,
+        "{}",
+        sluice.log()
+    );
+    let took = asked.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "shutdown took {took:?} with a 2 s timeout; log:\n{}",
+        sluice.log()
+    );
+    assert!(
+        rx.delivered_count() < 2000,
+        "the backlog was not finished (the test needs a slow receiver)"
+    );
+    assert!(
+        sluice.log().contains("shutdown timeout reached"),
+        "{}",
+        sluice.log()
+    );
+
+    rx.jitter(None);
+    sluice.restart();
+    harness::eventually(Duration::from_secs(60), "every row", async || {
+        let ids: std::collections::BTreeSet<i64> = rx
+            .delivered()
+            .iter()
+            .filter_map(|e| e["key"]["id"].as_i64())
+            .collect();
+        (ids.len() == 2000).then_some(())
+    })
+    .await;
+    assert_eq!(sluice.terminate(Duration::from_secs(30)), 0);
+}
+
+/// The trap from the field: 15 rejected rows in one transaction trip the breaker
+/// (`window: 10`); `dlq purge --all` lets the sink go on at once, without a restart, and the
+/// purged events never come back, not even after a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn purged_events_stay_purged_and_purge_releases_a_tripped_sink() {
+    let pg = Postgres::start("purge");
+    let db = pg.client().await;
+    db.batch_execute("create table items (id int primary key, v int)")
+        .await
+        .unwrap();
+    let rx = Receiver::start().await;
+    rx.respond(Respond::With(Arc::new(|e: &Value| {
+        if e["after"]["v"] == 1 {
+            422
+        } else {
+            200
+        }
+    })));
+    let dir = scratch_dir("purge");
+    let yaml = webhook_pipeline(
+        "pg",
+        &pg,
+        &["items"],
+        &rx.url(),
+        "    delivery:\n      dlq: { max_ratio: 0.5, window: 10 }\n",
+        "",
+    );
+    let mut sluice = Sluice::start(&dir, &yaml);
+    wait_streaming(&pg, "sluice_pg").await;
+    db.batch_execute("insert into items select i, 1 from generate_series(1, 15) i")
+        .await
+        .unwrap();
+    harness::eventually(Duration::from_secs(60), "the breaker to trip", async || {
+        let (_, report) = status(&dir);
+        (report["sinks"][0]["state"] == "stopped").then_some(())
+    })
+    .await;
+    let rejected = rx.requests().iter().filter(|r| r.status == 422).count();
+    assert!(
+        rejected >= 6,
+        "the breaker tripped after {rejected} rejections"
+    );
+
+    let out = command(&dir, &["dlq", "purge", "pipeline.yaml", "--all"]);
+    let said = text(&out);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("resumes"), "{said}");
+    db.batch_execute("insert into items values (100, 0)")
+        .await
+        .unwrap();
+    harness::eventually(
+        Duration::from_secs(30),
+        "the sink to go on in place",
+        async || {
+            rx.delivered()
+                .iter()
+                .any(|e| e["after"]["id"] == 100)
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(sluice.is_running());
+    assert_eq!(
+        sluice.terminate(Duration::from_secs(30)),
+        0,
+        "{}",
+        sluice.log()
+    );
+
+    let before = rx.requests().len();
+    sluice.restart();
+    wait_streaming(&pg, "sluice_pg").await;
+    db.batch_execute("insert into items values (101, 0)")
+        .await
+        .unwrap();
+    harness::eventually(Duration::from_secs(30), "the next row", async || {
+        rx.delivered()
+            .iter()
+            .any(|e| e["after"]["id"] == 101)
+            .then_some(())
+    })
+    .await;
+    let again: Vec<Value> = rx.requests()[before..]
+        .iter()
+        .map(|r| r.body.clone())
+        .filter(|b| b["after"]["v"] == 1)
+        .collect();
+    assert!(again.is_empty(), "purged events came back: {again:?}");
+    let (_, report) = status(&dir);
+    assert_eq!(report["sinks"][0]["dlq"], 0, "{report}");
+    assert_eq!(sluice.terminate(Duration::from_secs(30)), 0);
+}
+
+/// `dlq purge` of an id that is not there is bad input, as for `dlq show`.
+#[test]
+fn purging_an_unknown_id_is_bad_input() {
+    let dir = scratch_dir("purge-unknown");
+    std::fs::write(dir.join("pipeline.yaml"), OFFLINE).unwrap();
+    let mut store = SqliteStore::open(&dir.join(".sluice/ops.db")).unwrap();
+    store.park(&[parked(1)]).unwrap();
+    drop(store);
+    for args in [
+        ["dlq", "purge", "pipeline.yaml", "--id", "0/9:9"],
+        ["dlq", "show", "pipeline.yaml", "0/9:9", "--json"],
+    ] {
+        let out = command(&dir, &args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", text(&out));
+        assert!(text(&out).contains("0/9:9"), "{}", text(&out));
+    }
+    let out = command(&dir, &["dlq", "purge", "pipeline.yaml", "--id", "0/100:1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    std::fs::remove_dir_all(&dir).ok();
+}

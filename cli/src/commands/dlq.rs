@@ -9,7 +9,7 @@ use std::path::Path;
 
 use sluice_runtime::config::Pipeline;
 use sluice_runtime::event::format_timestamp_micros;
-use sluice_runtime::state::{DeadLetters, DlqEntry, DlqFilter, SqliteStore};
+use sluice_runtime::state::{DeadLetters, DlqEntry, DlqFilter, Offsets, SqliteStore};
 
 use crate::Failure;
 
@@ -135,6 +135,7 @@ pub fn replay(path: &Path, selection: Selection) -> Result<(), Failure> {
         println!("the DLQ is empty");
         return Ok(());
     };
+    let sinks = touched(&store, &filter)?;
     let n = store
         .dlq_request_replay(&filter)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -142,7 +143,7 @@ pub fn replay(path: &Path, selection: Selection) -> Result<(), Failure> {
         "{n} event(s) queued for replay: a running `sluice run` sends them within a second, \
          otherwise the next `sluice run` does as it starts"
     );
-    Ok(())
+    resume(&store, &sinks, "sends these events, then goes on")
 }
 
 pub fn purge(path: &Path, selection: Selection, all: bool) -> Result<(), Failure> {
@@ -152,15 +153,75 @@ pub fn purge(path: &Path, selection: Selection, all: bool) -> Result<(), Failure
             "purge needs --sink, --id or --all: purged events are gone for good".into(),
         ));
     }
+    let ids = selection.ids.clone();
     let filter = filter(&pipeline, selection)?;
     let Some(store) = open(&pipeline)? else {
-        println!("the DLQ is empty");
-        return Ok(());
+        return match ids.is_empty() {
+            true => {
+                println!("the DLQ is empty");
+                Ok(())
+            }
+            false => Err(unknown(&ids)),
+        };
     };
+    let sinks = touched(&store, &filter)?;
     let n = store
         .dlq_purge(&filter)
         .map_err(|e| Failure::Runtime(e.to_string()))?;
-    println!("purged {n} event(s); events held behind them will be replayed");
+    if n == 0 && !ids.is_empty() {
+        return Err(unknown(&ids));
+    }
+    println!("purged {n} event(s) for good; events held behind them will be replayed");
+    resume(&store, &sinks, "goes on")
+}
+
+fn unknown(ids: &[String]) -> Failure {
+    Failure::Input(format!(
+        "no DLQ entry {} (entry ids or event ids; see `sluice dlq list`)",
+        ids.iter()
+            .map(|i| format!("`{i}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
+}
+
+/// The sinks whose entries `filter` selects.
+fn touched(store: &SqliteStore, filter: &DlqFilter) -> Result<Vec<String>, Failure> {
+    let mut sinks: Vec<String> = match &filter.sink {
+        Some(sink) => vec![sink.clone()],
+        None => store
+            .dlq_list(filter)
+            .map_err(|e| Failure::Runtime(e.to_string()))?
+            .into_iter()
+            .map(|e| e.sink)
+            .collect(),
+    };
+    sinks.sort();
+    sinks.dedup();
+    Ok(sinks)
+}
+
+/// An operator acted on these sinks' dead letters: a sink the DLQ breaker stopped goes on;
+/// say what happens to each stopped sink.
+fn resume(store: &SqliteStore, sinks: &[String], what: &str) -> Result<(), Failure> {
+    let records = store.sinks().map_err(|e| Failure::Runtime(e.to_string()))?;
+    for sink in sinks {
+        let was_tripped = store
+            .clear_trip(sink)
+            .map_err(|e| Failure::Runtime(e.to_string()))?;
+        if was_tripped {
+            println!(
+                "sink {sink} was stopped by the DLQ breaker: it resumes from its offset and \
+                 {what} (a running `sluice run` within a second, otherwise the next run)"
+            );
+        } else if let Some(r) = records.get(sink).filter(|r| r.state == "stopped") {
+            println!(
+                "sink {sink} is stopped ({}): a running pipeline sends it nothing until it is \
+                 restarted; the next `sluice run` does this as it starts",
+                r.reason.as_deref().unwrap_or("no reason recorded")
+            );
+        }
+    }
     Ok(())
 }
 

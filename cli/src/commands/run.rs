@@ -35,7 +35,7 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         pipeline: pipeline.name.clone(),
         admin: pipeline.admin,
         journal_capacity: 16 * 1024,
-        drain_timeout: Duration::from_secs(30),
+        drain_timeout: pipeline.shutdown_timeout,
         commit_interval: Duration::from_millis(100),
         ack_interval: DEFAULT_ACK_INTERVAL,
         transforms,

@@ -104,6 +104,7 @@ fn state(rec: &SinkRecord, live: Option<&Value>, running: bool) -> String {
     }
     match rec.state.as_str() {
         "" => "never run".into(),
+        sluice_runtime::state::TRIPPED => "stopped".into(),
         "running" if !running => "not running".into(),
         "idle" => "not running".into(),
         other => other.to_string(),

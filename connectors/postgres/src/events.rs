@@ -132,7 +132,8 @@ impl EventBuilder {
                 end_lsn,
                 ..
             } => {
-                self.tx.take().ok_or(BuildError::NoTransaction("Commit"))?;
+                let tx = self.tx.take().ok_or(BuildError::NoTransaction("Commit"))?;
+                tracing::trace!(xid = tx.xid, %commit_lsn, changes = tx.next_index, "transaction decoded");
                 out.push(Entry::Commit {
                     commit_lsn,
                     end_lsn,
@@ -180,6 +181,14 @@ impl EventBuilder {
                         .map(|(i, _)| i)
                         .collect();
                 }
+                tracing::debug!(
+                    rel_id,
+                    table = %table,
+                    columns = cols.len(),
+                    key = ?key.iter().map(|&i| &*cols[i].name).collect::<Vec<_>>(),
+                    role = ?role,
+                    "relation described by the server"
+                );
                 self.relations.insert(
                     rel_id,
                     Relation {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{redirect, Response, Url};
 use sluice_http::{Transport, SNIPPET_BYTES};
+use sluice_runtime::sink::SinkTelemetry;
 use sluice_runtime::Delivery;
 
 use crate::config::WebhookConfig;
@@ -38,6 +39,8 @@ const DRAIN_BYTES: usize = 64 * 1024;
 
 /// A pooled HTTP client bound to one receiver.
 pub(crate) struct Client {
+    /// Where HTTP statuses are counted (set by the engine).
+    pub(crate) telemetry: Option<SinkTelemetry>,
     http: reqwest::Client,
     url: Url,
     signer: Option<Signer>,
@@ -81,6 +84,7 @@ impl Client {
             .build()
             .map_err(WebhookError::Client)?;
         Ok(Client {
+            telemetry: None,
             http,
             url,
             signer,
@@ -102,7 +106,12 @@ impl Client {
             request = request.header(WEBHOOK_SIGNATURE, signer.sign(id, timestamp, &body));
         }
         match request.body(body).send().await {
-            Ok(response) => classify_response(response).await,
+            Ok(response) => {
+                if let Some(t) = &self.telemetry {
+                    t.http_status(response.status().as_u16());
+                }
+                classify_response(response).await
+            }
             Err(e) => Delivery::retry(transport_reason(e, self.timeout)),
         }
     }

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use sluice_runtime::sink::SinkTelemetry;
 use sluice_runtime::{lanes, Delivery, Event, Sink};
 
 use crate::client::Client;
@@ -72,6 +73,10 @@ impl Sink for WebhookSink {
         } else {
             self.write_each(batch).await
         }
+    }
+
+    fn attach(&mut self, telemetry: SinkTelemetry) {
+        self.client.telemetry = Some(telemetry);
     }
 
     /// Resolves the host and opens a TCP connection; sends no request.

@@ -1,9 +1,8 @@
 //! The admin HTTP server: `/healthz`, `/readyz`, `/metrics` (Prometheus text), `/status` (JSON).
 //!
-//! Metric names follow `sluice_<noun>_<unit>` with a `sink` label; this is the one place
-//! that renders them.
+//! Metric names follow `sluice_<noun>_<unit>` with a `sink` label; `families` lists them
+//! all, [`crate::telemetry`] renders them.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
@@ -18,11 +17,14 @@ use crate::journal::{Journal, ReaderId};
 use crate::progress::{Progress, SinkProgress};
 use crate::source::SourceStatus;
 use crate::state::{DlqFilter, Store};
+use crate::telemetry::{self, Family, HistogramSource, Kind, Labels, StageStats};
 
 #[derive(Clone)]
 pub struct AdminState {
     pub pipeline: String,
     pub source: Arc<SourceStatus>,
+    /// Every transform stage with the chain it runs in (`pipeline` or a sink's name).
+    pub transforms: Vec<(String, Arc<StageStats>)>,
     pub progress: Arc<Progress>,
     pub journal: Arc<Journal>,
     pub readers: Vec<ReaderId>,
@@ -102,149 +104,277 @@ fn lag_seconds(s: &AdminState, sink: &SinkProgress, reader: ReaderId) -> f64 {
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {
+    let depths = s.dlq_depths().await;
+    let text = telemetry::render(families(&s, &depths));
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Every family of `/metrics` but the process's own.
+fn families(s: &AdminState, depths: &[(String, i64)]) -> Vec<Family> {
     let p = &s.progress;
-    let mut text = String::new();
-    let gauge = |text: &mut String, name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            text,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    gauge(
-        &mut text,
-        "sluice_source_events_total",
-        "counter",
-        "Events decoded from the replication stream.",
-        p.events_read.load(Relaxed),
-    );
-    gauge(
-        &mut text,
-        "sluice_source_transactions_total",
-        "counter",
-        "Transactions decoded.",
-        p.transactions_read.load(Relaxed),
-    );
-    gauge(
-        &mut text,
-        "sluice_source_reconnects_total",
-        "counter",
-        "Replication reconnects.",
-        s.source.reconnects.load(Relaxed),
-    );
-    gauge(
-        &mut text,
-        "sluice_source_streaming",
-        "gauge",
-        "1 while the slot streams.",
-        s.source.is_streaming() as u64,
-    );
-    gauge(
-        &mut text,
-        "sluice_source_received_lsn",
-        "gauge",
-        "Last WAL position received.",
-        s.source.received().0,
-    );
-    gauge(
-        &mut text,
-        "sluice_slot_confirmed_lsn",
-        "gauge",
-        "Last WAL position confirmed to Postgres.",
-        s.source.acknowledged().0,
-    );
-    gauge(
-        &mut text,
-        "sluice_journal_events",
-        "gauge",
-        "Entries held in the journal.",
-        s.journal.len() as u64,
-    );
-    type Metric = fn(&AdminState, &SinkProgress, ReaderId) -> u64;
-    let per_sink: [(&str, &str, &str, Metric); 8] = [
+    let src = &s.source;
+    let one = |v: f64| vec![(Labels::new(), v)];
+    let count = |v: u64| vec![(Labels::new(), v)];
+    let mut out = vec![
+        Family {
+            name: "source_events",
+            help: "Events the source appended to the journal.",
+            kind: Kind::Counter(count(p.events_read.load(Relaxed))),
+        },
+        Family {
+            name: "source_transactions",
+            help: "Transactions the source appended to the journal.",
+            kind: Kind::Counter(count(p.transactions_read.load(Relaxed))),
+        },
+        Family {
+            name: "source_reconnects",
+            help: "Source sessions that failed and were opened again.",
+            kind: Kind::Counter(count(src.reconnects.load(Relaxed))),
+        },
+        Family {
+            name: "source_streaming",
+            help: "1 while the source streams (Postgres: the slot).",
+            kind: Kind::Gauge(one(src.is_streaming() as u8 as f64)),
+        },
+        Family {
+            name: "source_received_lsn",
+            help: "Last upstream position received (Postgres: WAL LSN).",
+            kind: Kind::Gauge(one(src.received().0 as f64)),
+        },
+        Family {
+            name: "source_upstream_end_lsn",
+            help: "The upstream's own end as last reported (Postgres: the server's WAL end).",
+            kind: Kind::Gauge(one(src.upstream_end().0 as f64)),
+        },
+        Family {
+            name: "slot_confirmed_lsn",
+            help: "Last position acknowledged to the source (Postgres: confirmed to the slot).",
+            kind: Kind::Gauge(one(src.acknowledged().0 as f64)),
+        },
+        Family {
+            name: "journal_events",
+            help: "Entries held in the journal.",
+            kind: Kind::Gauge(one(s.journal.len() as f64)),
+        },
+    ];
+    let sinks: Vec<(&Arc<SinkProgress>, ReaderId, Labels)> = p
+        .sinks()
+        .iter()
+        .zip(&s.readers)
+        .map(|(k, r)| (k, *r, telemetry::sink_label(&k.name)))
+        .collect();
+    type Counted = fn(&SinkProgress) -> &std::sync::atomic::AtomicU64;
+    let counters: [(&'static str, &'static str, Counted); 6] = [
+        ("sink_delivered_events", "Events delivered.", |k| {
+            &k.counters.delivered
+        }),
         (
-            "sluice_sink_delivered_events_total",
-            "counter",
-            "Events delivered.",
-            |_, k, _| k.counters.delivered.load(Relaxed),
-        ),
-        (
-            "sluice_sink_retries_total",
-            "counter",
+            "sink_retries",
             "Event deliveries retried after a transient error.",
-            |_, k, _| k.counters.retries.load(Relaxed),
+            |k| &k.counters.retries,
         ),
         (
-            "sluice_sink_rejected_events_total",
-            "counter",
+            "sink_rejected_events",
             "Events rejected permanently.",
-            |_, k, _| k.counters.rejected.load(Relaxed),
+            |k| &k.counters.rejected,
         ),
         (
-            "sluice_sink_skipped_events_total",
-            "counter",
-            "Events skipped because the sink had committed them before.",
-            |_, k, _| k.counters.skipped.load(Relaxed),
+            "sink_skipped_events",
+            "Events skipped because the sink had committed (or parked) them before.",
+            |k| &k.counters.skipped,
         ),
+        ("sink_batches", "Batches written.", |k| &k.counters.batches),
         (
-            "sluice_sink_batches_total",
-            "counter",
-            "Batches written.",
-            |_, k, _| k.counters.batches.load(Relaxed),
-        ),
-        (
-            "sluice_sink_queue_events",
-            "gauge",
-            "Journal entries this sink has not read yet.",
-            |s, _, r| s.journal.backlog(r),
-        ),
-        (
-            "sluice_sink_lag_bytes",
-            "gauge",
-            "WAL bytes between the source and this sink's committed position.",
-            lag_bytes,
-        ),
-        (
-            "sluice_sink_stopped",
-            "gauge",
-            "1 when the sink stopped on an error.",
-            |_, k, _| k.stopped().is_some() as u64,
+            "dlq_replayed_events",
+            "Parked events delivered by a replay.",
+            |k| &k.counters.replayed,
         ),
     ];
-    for (name, kind, help, value) in per_sink {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (sink, reader) in p.sinks().iter().zip(&s.readers) {
-            let _ = writeln!(
-                text,
-                "{name}{{sink=\"{}\"}} {}",
-                sink.name,
-                value(&s, sink, *reader)
-            );
-        }
+    for (name, help, value) in counters {
+        out.push(Family {
+            name,
+            help,
+            kind: Kind::Counter(
+                sinks
+                    .iter()
+                    .map(|(k, _, l)| (l.clone(), value(k).load(Relaxed)))
+                    .collect(),
+            ),
+        });
     }
-    let name = "sluice_dlq_events_total";
-    let _ = writeln!(
-        text,
-        "# HELP {name} Events sent to the DLQ in this run.\n# TYPE {name} counter"
-    );
-    for sink in p.sinks() {
-        let parked = sink.counters.parked.load(Relaxed);
-        let _ = writeln!(
-            text,
-            "{name}{{sink=\"{}\",stage=\"sink\"}} {parked}",
-            sink.name
-        );
+    out.push(Family {
+        name: "sink_events",
+        help: "Events delivered, by op.",
+        kind: Kind::Counter(
+            sinks
+                .iter()
+                .flat_map(|(k, _, l)| {
+                    telemetry::OPS.iter().map(move |op| {
+                        (
+                            telemetry::with_label(l, "op", op.as_str()),
+                            k.counters.delivered_by_op[telemetry::op_index(*op)].load(Relaxed),
+                        )
+                    })
+                })
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "sink_http_responses",
+        help: "Answers of the destination, by HTTP status (sinks that speak HTTP).",
+        kind: Kind::Counter(
+            sinks
+                .iter()
+                .flat_map(|(k, _, l)| {
+                    k.counters
+                        .http_statuses
+                        .snapshot()
+                        .into_iter()
+                        .map(move |(code, n)| (telemetry::with_label(l, "code", code), n))
+                })
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "dlq_events",
+        help: "Events sent to the DLQ in this run, by the stage that failed them (`sink` or a transform).",
+        kind: Kind::Counter(
+            sinks
+                .iter()
+                .flat_map(|(k, _, l)| {
+                    k.counters
+                        .parked_by_stage
+                        .snapshot()
+                        .into_iter()
+                        .map(move |(stage, n)| (telemetry::with_label(l, "stage", stage), n))
+                })
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "dlq_held_events",
+        help: "Events held in the DLQ behind a parked event of their key in this run.",
+        kind: Kind::Counter(
+            sinks
+                .iter()
+                .map(|(k, _, l)| (l.clone(), k.counters.held.load(Relaxed)))
+                .collect(),
+        ),
+    });
+    type Gauged = fn(&AdminState, &SinkProgress, ReaderId) -> f64;
+    let gauges: [(&'static str, &'static str, Gauged); 4] = [
+        (
+            "sink_queue_events",
+            "Journal entries this sink has not read yet.",
+            |s, _, r| s.journal.backlog(r) as f64,
+        ),
+        (
+            "sink_lag_bytes",
+            "WAL bytes between the source and this sink's committed position; 0 when caught up.",
+            |s, k, r| lag_bytes(s, k, r) as f64,
+        ),
+        (
+            "sink_lag_seconds",
+            "Age of the oldest event this sink has not finished; 0 when caught up.",
+            lag_seconds,
+        ),
+        (
+            "sink_stopped",
+            "1 when the sink stopped on an error.",
+            |_, k, _| k.stopped().is_some() as u8 as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.push(Family {
+            name,
+            help,
+            kind: Kind::Gauge(
+                sinks
+                    .iter()
+                    .map(|(k, r, l)| (l.clone(), value(s, k, *r)))
+                    .collect(),
+            ),
+        });
     }
-    let name = "sluice_dlq_depth";
-    let _ = writeln!(text, "# HELP {name} Events in the DLQ (parked, held or waiting for replay).\n# TYPE {name} gauge");
-    let depths = s.dlq_depths().await;
-    for sink in p.sinks() {
-        let depth = depths
-            .iter()
-            .find(|(n, _)| *n == sink.name)
-            .map_or(0, |(_, d)| *d);
-        let _ = writeln!(text, "{name}{{sink=\"{}\"}} {depth}", sink.name);
+    out.push(Family {
+        name: "dlq_depth",
+        help: "Events in the DLQ (parked, held or waiting for replay).",
+        kind: Kind::Gauge(
+            sinks
+                .iter()
+                .map(|(k, _, l)| {
+                    let depth = depths
+                        .iter()
+                        .find(|(n, _)| *n == k.name)
+                        .map_or(0, |(_, d)| *d);
+                    (l.clone(), depth as f64)
+                })
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "sink_latency_seconds",
+        help: "Seconds from an event's commit to its delivery.",
+        kind: Kind::Histogram(
+            sinks
+                .iter()
+                .map(|(k, _, l)| {
+                    (
+                        l.clone(),
+                        Arc::new(LatencyOf((*k).clone())) as Arc<dyn HistogramSource>,
+                    )
+                })
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "transform_batch_seconds",
+        help: "Time a transform took per batch, by transform and chain (`pipeline` or a sink).",
+        kind: Kind::Histogram(
+            s.transforms
+                .iter()
+                .map(|(chain, stats)| {
+                    let labels = vec![
+                        ("transform".to_string(), stats.name.clone()),
+                        ("chain".to_string(), chain.clone()),
+                    ];
+                    (labels, stats.clone() as Arc<dyn HistogramSource>)
+                })
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "transform_events",
+        help: "Events given to a transform, by transform and chain.",
+        kind: Kind::Counter(
+            s.transforms
+                .iter()
+                .map(|(chain, stats)| {
+                    let labels = vec![
+                        ("transform".to_string(), stats.name.clone()),
+                        ("chain".to_string(), chain.clone()),
+                    ];
+                    (labels, stats.events.load(Relaxed))
+                })
+                .collect(),
+        ),
+    });
+    out
+}
+
+/// A sink's latency histogram, for the encoder.
+struct LatencyOf(Arc<SinkProgress>);
+
+impl std::fmt::Debug for LatencyOf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "latency of {}", self.0.name)
     }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+impl HistogramSource for LatencyOf {
+    fn histogram(&self) -> &telemetry::Histogram {
+        &self.0.counters.latency
+    }
 }
 
 /// `GET /dlq`: every parked event, as `sluice dlq list --json` prints them.

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::event::Event;
 use crate::journal::Record;
+use crate::telemetry::StageStats;
 
 /// Why a stage failed one event.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,14 +51,21 @@ pub struct ChainFailure {
 /// What a chain made of one source event.
 pub type ChainOutput = Result<Vec<Arc<Event>>, ChainFailure>;
 
-#[derive(Default)]
 pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
+    /// Time and events per stage, for the metrics.
+    stats: Vec<Arc<StageStats>>,
 }
 
 impl Chain {
     pub fn new(stages: Vec<Box<dyn Stage>>) -> Self {
-        Chain { stages }
+        let stats = stages.iter().map(|s| StageStats::new(s.name())).collect();
+        Chain { stages, stats }
+    }
+
+    /// Each stage's time per batch and events, in chain order.
+    pub fn stats(&self) -> Vec<Arc<StageStats>> {
+        self.stats.clone()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -70,12 +78,17 @@ impl Chain {
     pub fn run(&mut self, inputs: &[Arc<Event>]) -> Vec<ChainOutput> {
         let mut failed: Vec<Option<ChainFailure>> = vec![None; inputs.len()];
         let mut current: Vec<(usize, Arc<Event>)> = inputs.iter().cloned().enumerate().collect();
-        for stage in &mut self.stages {
+        for (stage, stats) in self.stages.iter_mut().zip(&self.stats) {
             if current.is_empty() {
                 break;
             }
             let events: Vec<Arc<Event>> = current.iter().map(|(_, e)| e.clone()).collect();
+            let started = std::time::Instant::now();
             let results = stage.apply(&events);
+            stats.batch_seconds.observe(started.elapsed().as_secs_f64());
+            stats
+                .events
+                .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             assert_eq!(
                 results.len(),
                 events.len(),
@@ -124,6 +137,12 @@ impl Chain {
                 }
             })
             .collect()
+    }
+}
+
+impl Default for Chain {
+    fn default() -> Self {
+        Chain::new(Vec::new())
     }
 }
 

@@ -1,7 +1,9 @@
 //! The engine: wires one source, the journal, one driver per sink, the offset committer
 //! and the admin server, and runs them until shutdown.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,9 +15,12 @@ use crate::feed::Feed;
 use crate::journal::{Journal, ReaderId};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkTelemetry};
 use crate::source::{Source, SourceError};
-use crate::state::{StateError, Store};
+use crate::state::{StateError, Store, TRIPPED};
+use crate::supervisor::Supervisor;
+use crate::telemetry::StageStats;
+use tokio::sync::Notify;
 
 /// A sink ready to run.
 pub struct SinkSpec {
@@ -35,7 +40,8 @@ pub struct EngineOptions {
     /// Journal capacity in entries: how far the slowest sink may fall behind before the
     /// source pauses.
     pub journal_capacity: usize,
-    /// How long draining may take before retries are abandoned.
+    /// How long a shutdown may take: past it, undelivered work stays uncommitted (it is
+    /// delivered again after a restart) and the run ends.
     pub drain_timeout: Duration,
     /// How often offsets are written to the state store at most.
     pub commit_interval: Duration,
@@ -71,7 +77,15 @@ pub async fn run(
     shutdown: Shutdown,
 ) -> Result<(), EngineError> {
     let offsets = store.lock().offsets()?;
-    for spec in &sinks {
+    // Sinks the DLQ breaker stopped stay stopped until an operator acts on their DLQ.
+    let tripped: HashMap<String, String> = store
+        .lock()
+        .sinks()?
+        .into_iter()
+        .filter(|(_, r)| r.state == TRIPPED)
+        .map(|(name, r)| (name, r.reason.unwrap_or_default()))
+        .collect();
+    for spec in sinks.iter().filter(|s| !tripped.contains_key(&s.name)) {
         store.lock().set_sink_status(&spec.name, "running", None)?;
     }
     let progress = Progress::new(
@@ -88,9 +102,29 @@ pub async fn run(
     let journal = Journal::new(options.journal_capacity);
     let readers: Vec<ReaderId> = sinks.iter().map(|_| journal.register()).collect();
 
+    let pipeline_chain = Chain::new(options.transforms);
+    let mut transforms: Vec<(String, Arc<StageStats>)> = pipeline_chain
+        .stats()
+        .into_iter()
+        .map(|s| ("pipeline".to_string(), s))
+        .collect();
+    let mut sinks: Vec<(SinkSpec, Chain)> = sinks
+        .into_iter()
+        .map(|mut spec| {
+            let chain = Chain::new(std::mem::take(&mut spec.transforms));
+            transforms.extend(chain.stats().into_iter().map(|s| (spec.name.clone(), s)));
+            (spec, chain)
+        })
+        .collect();
+    for (spec, _) in &mut sinks {
+        let sink_progress = progress.sink(&spec.name).expect("registered above").clone();
+        spec.sink.attach(SinkTelemetry::new(sink_progress));
+    }
+
     let admin_state = AdminState {
         pipeline: options.pipeline.clone(),
         source: source.status(),
+        transforms,
         progress: progress.clone(),
         journal: journal.clone(),
         readers: readers.clone(),
@@ -113,9 +147,11 @@ pub async fn run(
         options.commit_interval,
     ));
 
-    let pipeline_chain: SharedChain = Arc::new(Mutex::new(Chain::new(options.transforms)));
+    let pipeline_chain: SharedChain = Arc::new(Mutex::new(pipeline_chain));
+    let rewind = Arc::new(Notify::new());
+    let waiting = Arc::new(AtomicUsize::new(0));
     let mut drivers = Vec::new();
-    for (spec, reader) in sinks.into_iter().zip(readers) {
+    for ((spec, chain), reader) in sinks.into_iter().zip(readers) {
         let sink_progress = progress.sink(&spec.name).expect("registered above").clone();
         let driver = SinkDriver {
             sink: spec.sink,
@@ -127,43 +163,18 @@ pub async fn run(
             store: store.clone(),
             config_hash: spec.config_hash,
             pipeline_chain: pipeline_chain.clone(),
-            chain: Chain::new(spec.transforms),
+            chain,
         };
-        let (journal, store, progress, shutdown) = (
-            journal.clone(),
-            store.clone(),
-            progress.clone(),
-            shutdown.clone(),
-        );
-        drivers.push(tokio::spawn(async move {
-            let result = driver.run().await;
-            match &result {
-                Ok(()) => {
-                    tracing::info!(sink = %sink_progress.name, "sink drained");
-                    if let Err(e) = store.lock().set_sink_status(&sink_progress.name, "idle", None) {
-                        tracing::warn!(error = %e, "cannot record the sink's status");
-                    }
-                }
-                Err(SinkStop::Interrupted) => {
-                    tracing::warn!(sink = %sink_progress.name, "sink interrupted while retrying; its offset is kept")
-                }
-                Err(stop) => {
-                    let reason = stop.to_string();
-                    tracing::error!(sink = %sink_progress.name, %reason, "sink stopped; the slot keeps its WAL until it is fixed and restarted");
-                    sink_progress.stop(reason.clone());
-                    journal.detach(reader);
-                    let status = store.lock().set_sink_status(&sink_progress.name, "stopped", Some(&reason));
-                    if let Err(e) = status {
-                        tracing::error!(error = %e, "cannot record the sink's status");
-                    }
-                    if progress.sinks().iter().all(|s| s.stopped().is_some()) {
-                        tracing::error!("every sink has stopped; shutting down");
-                        shutdown.drain();
-                    }
-                }
-            }
-            result
-        }));
+        let supervisor = Supervisor {
+            journal: journal.clone(),
+            store: store.clone(),
+            progress: progress.clone(),
+            shutdown: shutdown.clone(),
+            rewind: rewind.clone(),
+            waiting: waiting.clone(),
+        };
+        let tripped = tripped.get(&sink_progress.name).cloned();
+        drivers.push(tokio::spawn(supervisor.run(driver, tripped)));
     }
 
     // Abort retries if draining takes too long.
@@ -173,7 +184,11 @@ pub async fn run(
             shutdown.draining().await;
             tokio::time::sleep(timeout).await;
             if !shutdown.is_aborting() {
-                tracing::warn!(timeout = ?timeout, "drain timed out; abandoning retries");
+                tracing::warn!(
+                    timeout = ?timeout,
+                    "shutdown timeout reached: what is undelivered stays uncommitted and is \
+                     delivered again after a restart"
+                );
                 shutdown.abort();
             }
         })
@@ -185,6 +200,7 @@ pub async fn run(
         progress: progress.clone(),
         shutdown: shutdown.clone(),
         ack_interval: options.ack_interval,
+        rewind,
     }
     .run()
     .await;
@@ -234,8 +250,14 @@ pub(crate) async fn flush_offsets(progress: &Arc<Progress>, store: &Store) {
         return;
     }
     let rows: Vec<_> = dirty.iter().map(|(s, _, o)| (s.name.clone(), *o)).collect();
+    let started = std::time::Instant::now();
     match store.run(move |s| s.save_offsets(&rows)).await {
         Ok(()) => {
+            tracing::debug!(
+                sinks = dirty.len(),
+                elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                "offsets committed"
+            );
             for (sink, seq, offset) in dirty {
                 sink.mark_durable(seq, offset);
             }

@@ -31,6 +31,17 @@ pub(crate) struct Feed {
     pub shutdown: Shutdown,
     /// How often to acknowledge at least, when nothing advances.
     pub ack_interval: Duration,
+    /// A resumed sink needs what the journal no longer holds: end the session and open
+    /// again at the checkpoint (the sinks skip what they already have).
+    pub rewind: Arc<Notify>,
+}
+
+/// How a session ended.
+enum End {
+    /// Shutdown: drained and acknowledged.
+    Drained,
+    /// A sink needs the stream again from the checkpoint.
+    Rewind,
 }
 
 impl Feed {
@@ -72,7 +83,13 @@ impl Feed {
             };
             status.streaming.store(false, Relaxed);
             match result {
-                Ok(()) => return Ok(()),
+                Ok(End::Drained) => return Ok(()),
+                Ok(End::Rewind) => {
+                    self.source.close().await;
+                    tracing::info!("reading the source again from the sinks' lowest offset");
+                    last = Position::ZERO;
+                    delay = RECONNECT_MIN;
+                }
                 Err(e) if e.is_transient() => {
                     self.source.close().await;
                     status.reconnects.fetch_add(1, Relaxed);
@@ -100,7 +117,7 @@ impl Feed {
         acker: Box<dyn Acknowledger>,
         last: &mut Position,
         appended: &mut bool,
-    ) -> Result<(), SourceError> {
+    ) -> Result<End, SourceError> {
         let acks = AckTask::spawn(
             acker,
             self.progress.clone(),
@@ -115,6 +132,10 @@ impl Feed {
             let batch = tokio::select! {
                 batch = self.source.read() => batch,
                 _ = &mut draining => break None,
+                _ = self.rewind.notified() => {
+                    acks.stop();
+                    return Ok(End::Rewind);
+                }
             };
             match batch {
                 Ok(batch) => {
@@ -136,7 +157,7 @@ impl Feed {
         }
         acks.finish().await;
         self.source.close().await;
-        Ok(())
+        Ok(End::Drained)
     }
 }
 

@@ -175,6 +175,10 @@ impl Journal {
                     return head;
                 }
             }
+            tracing::debug!(
+                capacity = self.capacity,
+                "journal full: the source waits for the slowest sink"
+            );
             space.await;
         }
     }
@@ -231,6 +235,7 @@ impl Journal {
 
     /// Stop holding entries for this reader (its sink stopped).
     pub fn detach(&self, reader: ReaderId) {
+        tracing::debug!(reader = reader.0, "journal reader detached");
         let mut inner = self.inner.lock().unwrap();
         inner.cursors[reader.0] = None;
         inner.trim();

@@ -15,6 +15,7 @@
 //! - [`engine`]: wires it all and runs until shutdown;
 //! - [`registry`]: which source and sink types a build knows, as tables;
 //! - [`admin`]: health, readiness, metrics and status over HTTP;
+//! - [`telemetry`]: metrics, counted on the hot path with atomics, rendered per scrape;
 //! - [`testing`]: events for unit tests of sinks and stages.
 
 pub mod admin;
@@ -35,6 +36,8 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod state;
+mod supervisor;
+pub mod telemetry;
 pub mod testing;
 pub mod units;
 

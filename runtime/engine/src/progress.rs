@@ -36,8 +36,8 @@ struct SinkState {
     stopped: Option<String>,
 }
 
-/// Counters of one sink, exported as Prometheus metrics with a `sink` label.
-#[derive(Default)]
+/// Counters of one sink, exported as Prometheus metrics with a `sink` label
+/// ([`crate::telemetry`]).
 pub struct SinkCounters {
     pub delivered: AtomicU64,
     pub retries: AtomicU64,
@@ -50,6 +50,33 @@ pub struct SinkCounters {
     pub held: AtomicU64,
     /// Parked events delivered by a replay.
     pub replayed: AtomicU64,
+    /// Delivered events per op ([`crate::telemetry::op_index`]).
+    pub delivered_by_op: [AtomicU64; crate::telemetry::OPS.len()],
+    /// Events parked per stage (`sink` or the failing transform's name).
+    pub parked_by_stage: crate::telemetry::Tally<String>,
+    /// Answers of the destination by HTTP status, for sinks that speak HTTP.
+    pub http_statuses: crate::telemetry::Tally<u16>,
+    /// Seconds from an event's commit to its delivery.
+    pub latency: crate::telemetry::Histogram,
+}
+
+impl Default for SinkCounters {
+    fn default() -> Self {
+        SinkCounters {
+            delivered: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
+            held: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
+            delivered_by_op: Default::default(),
+            parked_by_stage: Default::default(),
+            http_statuses: Default::default(),
+            latency: crate::telemetry::Histogram::new(crate::telemetry::LATENCY_BUCKETS),
+        }
+    }
 }
 
 /// The progress of one sink.
@@ -66,7 +93,9 @@ pub struct SinkProgress {
 }
 
 impl SinkProgress {
-    /// The position this sink had committed before this run.
+    /// The last position this sink finished (delivered or parked): before this run, what
+    /// the state store held; since, what the driver recorded. Nothing at or before it is
+    /// sent again.
     pub fn committed(&self) -> Offset {
         self.state.lock().unwrap().offset
     }
@@ -119,6 +148,12 @@ impl SinkProgress {
     /// Stop this sink for good in this run, with the reason shown in `status`.
     pub fn stop(&self, reason: String) {
         self.state.lock().unwrap().stopped = Some(reason);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// The sink goes on after a stop (an operator dealt with its dead letters).
+    pub fn resume(&self) {
+        self.state.lock().unwrap().stopped = None;
         self.changed.send_modify(|n| *n += 1);
     }
 

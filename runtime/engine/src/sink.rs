@@ -53,6 +53,21 @@ impl Delivery {
     }
 }
 
+/// A sink's handle to its metrics (see [`Sink::attach`]). Cheap to clone.
+#[derive(Clone)]
+pub struct SinkTelemetry(Arc<crate::progress::SinkProgress>);
+
+impl SinkTelemetry {
+    pub fn new(progress: Arc<crate::progress::SinkProgress>) -> Self {
+        SinkTelemetry(progress)
+    }
+
+    /// The destination answered with this HTTP status.
+    pub fn http_status(&self, code: u16) {
+        self.0.counters.http_statuses.add(code, 1);
+    }
+}
+
 /// The answers to a batch handed to [`Sink::send`], once the destination gave them.
 pub type Pending = Pin<Box<dyn Future<Output = Vec<Delivery>> + Send + 'static>>;
 
@@ -95,6 +110,10 @@ pub trait Sink: Send {
         let answers = self.write(batch).await;
         Box::pin(std::future::ready(answers))
     }
+
+    /// Take the handle through which the sink reports what only it sees (HTTP statuses)
+    /// to the metrics. Called once, before the first write. Default: ignored.
+    fn attach(&mut self, _telemetry: SinkTelemetry) {}
 
     /// Check that the destination is reachable and accepts us; used by
     /// `sluice validate --connect`. Defaults to no check.

@@ -480,7 +480,10 @@ pub async fn offsets_advance_only_after_acknowledgement(target: &mut dyn Target)
     });
     journal.append(entries).await;
     journal.close();
-    let task = tokio::spawn(driver.run());
+    let task = tokio::spawn(async move {
+        let mut driver = driver;
+        driver.run().await
+    });
     let sink = progress.sinks()[0].clone();
     if traits.can_fail {
         tokio::time::sleep(Duration::from_millis(400)).await;

@@ -41,9 +41,31 @@ use tree::{child, Kind, Node, Scalar};
 /// Reads and checks the pipeline file at `path`. `${VAR}` is read from this process's
 /// environment. `registry` holds the source and sink `type`s this build knows.
 pub fn load(path: &Path, registry: &Registry) -> Result<Pipeline, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let bytes = std::fs::read(path)
         .map_err(|e| ConfigError::unlocated(path, "", format!("cannot read: {e}")))?;
-    load_str(&text, path, registry, &|name| std::env::var(name).ok())
+    let text = utf8(&bytes, path)?;
+    load_str(text, path, registry, &|name| std::env::var(name).ok())
+}
+
+/// The file as text, or an error at the line and column of its first byte that is not
+/// UTF-8.
+fn utf8<'a>(bytes: &'a [u8], path: &Path) -> Result<&'a str, ConfigError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let good = &bytes[..e.valid_up_to()];
+        let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let column = std::str::from_utf8(&good[line_start..]).map_or(1, |t| t.chars().count() + 1);
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            column,
+            key: String::new(),
+            message: format!(
+                "the file is not UTF-8 text (byte 0x{:02x}); save it as UTF-8",
+                bytes[e.valid_up_to()]
+            ),
+        }
+    })
 }
 
 /// Checks a pipeline file's text. `file` is only used in errors (and kept in
@@ -161,17 +183,19 @@ pub fn load_str(
         delivery,
         state,
         admin,
+        shutdown_timeout: raw.shutdown_timeout,
         locator,
     })
 }
 
-const TOP_KEYS: &str = "pipeline, source, transforms, sinks, delivery, state, admin";
+const TOP_KEYS: &str =
+    "pipeline, source, transforms, sinks, delivery, state, admin, shutdown_timeout";
 
 /// The file's top level, before the checks that `serde` cannot do.
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map of pipeline, source, transforms, sinks, delivery, state, admin"
+    expecting = "a map of pipeline, source, transforms, sinks, delivery, state, admin, shutdown_timeout"
 )]
 struct RawPipeline {
     /// The pipeline's name.
@@ -195,6 +219,9 @@ struct RawPipeline {
     /// The admin server's address.
     #[serde(default)]
     admin: Option<String>,
+    /// How long a shutdown may take.
+    #[serde(default = "model::default_shutdown_timeout", with = "duration")]
+    shutdown_timeout: std::time::Duration,
 }
 
 fn de<T: DeserializeOwned>(

@@ -36,6 +36,11 @@ pub struct Pipeline {
     pub state: PathBuf,
     /// Where to serve `/metrics`, `/healthz`, `/readyz` and `/status`; `None`: not served.
     pub admin: Option<SocketAddr>,
+    /// How long a shutdown (SIGTERM, SIGINT) may take: the sinks drain what they can
+    /// within it, then what is still undelivered stays uncommitted (it is delivered again
+    /// after a restart) and the process exits 0. Default `10s`: under the 30 s grace period
+    /// orchestrators give.
+    pub shutdown_timeout: Duration,
     /// Where every key was written, for [`Pipeline::error`]. Holds the values that came from
     /// the environment (to keep them out of messages), so it is never printed.
     pub(crate) locator: Arc<Locator>,
@@ -69,6 +74,7 @@ impl fmt::Debug for Pipeline {
             .field("delivery", &self.delivery)
             .field("state", &self.state)
             .field("admin", &self.admin)
+            .field("shutdown_timeout", &self.shutdown_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -522,6 +528,11 @@ impl SinkSection {
             message,
         )
     }
+}
+
+/// 10 seconds.
+pub(crate) fn default_shutdown_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 
 /// `source:`. The key every source has (`type`) is read here; the source's own keys are in

@@ -725,3 +725,18 @@ fn pipeline_errors_point_at_keys() {
         "{debug}"
     );
 }
+
+#[test]
+fn a_file_that_is_not_utf8_is_refused_at_its_line() {
+    let e = utf8(
+        b"pipeline: a\nsource:\n  url: caf\xe9\n",
+        Path::new("p.yaml"),
+    )
+    .unwrap_err();
+    assert_eq!((e.line, e.column), (3, 11), "{e}");
+    assert!(e.to_string().starts_with("p.yaml:3:11: "), "{e}");
+    assert!(
+        e.message.contains("not UTF-8") && e.message.contains("0xe9"),
+        "{e}"
+    );
+}

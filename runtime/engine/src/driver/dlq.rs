@@ -235,6 +235,7 @@ impl SinkDriver {
                 _ => c.parked.fetch_add(1, relaxed()),
             };
             if e.state == DlqState::Parked {
+                c.parked_by_stage.add(e.stage.clone(), 1);
                 tracing::warn!(sink = %self.name(), event = %e.event_id, stage = %e.stage, error = %e.error, "event sent to the DLQ");
             }
         }

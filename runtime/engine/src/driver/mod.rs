@@ -64,8 +64,9 @@ pub enum SinkStop {
     /// An event could not be parked durably, so the offset must not pass it.
     #[error("cannot write the dead-letter queue: {0}")]
     Dlq(#[from] StateError),
-    /// Shutdown was forced while the sink was still retrying; its offset stays where it was.
-    #[error("interrupted by shutdown while retrying")]
+    /// The shutdown timeout passed while the sink still had work; its offset stays where
+    /// it was (the rest is delivered again after a restart).
+    #[error("interrupted by the shutdown timeout; undelivered events stay uncommitted")]
     Interrupted,
 }
 
@@ -125,11 +126,15 @@ struct InFlight {
 }
 
 impl SinkDriver {
-    /// Run until the journal is closed and drained, or the sink stops.
-    pub async fn run(mut self) -> Result<(), SinkStop> {
-        let result = self.run_inner().await;
+    /// Run until the journal is closed and drained, or the sink stops. A driver that
+    /// stopped may run again (after its sink was resumed) with a new `reader`.
+    pub async fn run(&mut self) -> Result<(), SinkStop> {
+        self.run_inner().await
+    }
+
+    /// Release the sink's connections, after the last run.
+    pub async fn close(&mut self) {
         self.sink.close().await;
-        result
     }
 
     fn name(&self) -> &str {
@@ -143,6 +148,7 @@ impl SinkDriver {
     async fn run_inner(&mut self) -> Result<(), SinkStop> {
         let committed = self.progress.committed();
         let mut parked = self.load_parked(committed.position).await?;
+        tracing::debug!(sink = %self.name(), committed = %committed.position, "sink driver started");
         let mut offset = committed;
         let max = self.delivery.batch.max_events.max(1);
         let max_wait = self.delivery.batch.max_wait;
@@ -154,7 +160,13 @@ impl SinkDriver {
         let mut in_flight: VecDeque<InFlight> = VecDeque::new();
         let mut journal_open = true;
         let mut next_poll = Instant::now() + DLQ_POLL;
+        let shutdown = self.shutdown.clone();
         loop {
+            // Past the shutdown timeout nothing more is sent: what is undelivered stays
+            // uncommitted and is delivered again after a restart.
+            if shutdown.is_aborting() {
+                return Err(SinkStop::Interrupted);
+            }
             let poll_due = Instant::now() >= next_poll;
             if poll_due && in_flight.is_empty() {
                 self.poll_dlq(&mut parked).await?;
@@ -186,9 +198,12 @@ impl SinkDriver {
                         journal_open = false;
                         continue;
                     };
-                    let inputs = self.select(&entries, committed.position, &mut offset, &parked);
+                    let inputs = self.select(&entries, &mut offset, &parked);
                     let outgoing = self.outgoing(&inputs, &mut parked);
-                    let answers = self.send(&outgoing.batch).await;
+                    let answers = tokio::select! {
+                        answers = self.send(&outgoing.batch) => answers,
+                        _ = shutdown.aborting() => return Err(SinkStop::Interrupted),
+                    };
                     if in_flight.is_empty() {
                         self.progress.oldest_in_flight_ts.store(first_ts(&outgoing), relaxed());
                     }
@@ -204,21 +219,16 @@ impl SinkDriver {
         }
     }
 
-    /// The journal entries this sink must deliver: events after its committed position
-    /// that are not parked already. Moves `offset` past every entry read.
-    fn select(
-        &self,
-        entries: &[Entry],
-        committed: crate::lsn::Position,
-        offset: &mut Offset,
-        parked: &Parked,
-    ) -> Vec<Arc<Record>> {
+    /// The journal entries this sink must deliver: events after the last one it read (so
+    /// nothing committed before a restart, and nothing read before a source rewind, is sent
+    /// again) that are not parked already. Moves `offset` past every entry read.
+    fn select(&self, entries: &[Entry], offset: &mut Offset, parked: &Parked) -> Vec<Arc<Record>> {
         let counters = &self.progress.counters;
         let mut inputs = Vec::with_capacity(entries.len());
         for entry in entries {
             match entry {
                 Entry::Commit { end_lsn, .. } => offset.flush_lsn = offset.flush_lsn.max(*end_lsn),
-                Entry::Event(record) if record.event.position <= committed => {
+                Entry::Event(record) if record.event.position <= offset.position => {
                     counters.skipped.fetch_add(1, relaxed());
                 }
                 Entry::Event(record) => {
@@ -270,24 +280,45 @@ impl SinkDriver {
             true => Vec::new(),
             false => self.settle(&done.outgoing.batch, answers).await?,
         };
+        self.record_delivered(&done.outgoing.batch, &outcomes);
         let park = self.conclude(done.outgoing, outcomes, parked);
         if !park.is_empty() {
             self.park(park).await?;
         }
         if parked.breaker.tripped() {
+            // Every event of the batch is delivered or durably parked: the offset passes
+            // them (purged ones never come back); nothing after it is sent.
+            self.progress.advance(done.done_seq, done.offset);
             return Err(SinkStop::Breaker(parked.breaker.describe()));
         }
+        tracing::trace!(sink = %self.name(), offset = %done.offset.position, flush = %done.offset.flush_lsn, "batch finished");
         self.progress.advance(done.done_seq, done.offset);
         Ok(())
     }
 }
 
+impl SinkDriver {
+    /// Telemetry of what got through: events per op, and commit → delivery latency.
+    fn record_delivered(&self, batch: &[Arc<Event>], outcomes: &[Outcome]) {
+        let counters = &self.progress.counters;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        for (event, outcome) in batch.iter().zip(outcomes) {
+            if matches!(outcome, Outcome::Delivered) {
+                counters.delivered_by_op[crate::telemetry::op_index(event.op)]
+                    .fetch_add(1, relaxed());
+                counters
+                    .latency
+                    .observe((now - event.source.ts_micros) as f64 / 1e6);
+            }
+        }
+    }
+}
+
 /// Commit time of the first event of a batch (0 for a batch without events).
 fn first_ts(outgoing: &Outgoing) -> i64 {
-    outgoing
-        .originals
-        .first()
-        .map_or(0, |e| e.source.ts_micros)
+    outgoing.originals.first().map_or(0, |e| e.source.ts_micros)
 }
 
 fn relaxed() -> std::sync::atomic::Ordering {

@@ -113,7 +113,11 @@ impl SinkDriver {
                 }
             }
             let events: Vec<Arc<Event>> = pending.iter().map(|&i| batch[i].clone()).collect();
-            results = self.sink.send(&events).await.await;
+            let shutdown = self.shutdown.clone();
+            results = tokio::select! {
+                answers = async { self.sink.send(&events).await.await } => answers,
+                _ = shutdown.aborting() => return Err(SinkStop::Interrupted),
+            };
         }
     }
 }

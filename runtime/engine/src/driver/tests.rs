@@ -114,7 +114,7 @@ async fn drive_with(
     let journal = Journal::new(100);
     let progress = Progress::new(vec![("s".into(), committed)]);
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let driver = SinkDriver {
+    let mut driver = SinkDriver {
         sink: Box::new(Scripted {
             script: script.into(),
             seen: seen.clone(),
@@ -248,6 +248,7 @@ async fn the_breaker_stops_a_sink_that_rejects_too_much() {
         window: 4,
         on_key: OnKey::Continue,
     };
+    s.batch.max_events = 4;
     let entries = (0..8).map(|i| event(1, i)).collect();
     let run = drive(
         entries,
@@ -262,13 +263,22 @@ async fn the_breaker_stops_a_sink_that_rejects_too_much() {
         "{:?}",
         run.result.err()
     );
-    assert!(
-        run.progress.sinks()[0].take_dirty().is_none(),
-        "a tripped batch does not advance the offset"
+    assert_eq!(
+        run.seen.len(),
+        1,
+        "a stop, not a skip: nothing after the tripping batch is sent"
     );
-    assert!(
-        !dlq(&run).is_empty(),
-        "what was rejected is parked durably all the same"
+    let parked: Vec<String> = dlq(&run).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(
+        parked,
+        ["0/1:0", "0/1:1", "0/1:2", "0/1:3"],
+        "parked durably"
+    );
+    let committed = run.progress.sinks()[0].take_dirty().unwrap().1;
+    assert_eq!(
+        committed.position,
+        Position::new(Lsn(1), 3),
+        "the offset passes what is parked (a purge is final), and no further"
     );
 }
 
@@ -403,7 +413,10 @@ async fn pipelined_batches_are_acknowledged_out_of_order_but_offsets_advance_in_
     }
     journal.append(entries).await;
     journal.close();
-    let task = tokio::spawn(driver.run());
+    let task = tokio::spawn(async move {
+        let mut driver = driver;
+        driver.run().await
+    });
     let sink = progress.sinks()[0].clone();
     let until = |n: usize| {
         let gates = gates.clone();
@@ -461,7 +474,10 @@ async fn hold_keys_keeps_one_batch_in_flight() {
         testing::driver(sink, delivery, &Store::new(SqliteStore::in_memory()));
     journal.append(vec![event(1, 0), event(1, 1)]).await;
     journal.close();
-    let task = tokio::spawn(driver.run());
+    let task = tokio::spawn(async move {
+        let mut driver = driver;
+        driver.run().await
+    });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         gates.lock().unwrap().len(),
@@ -491,7 +507,10 @@ async fn a_running_driver_replays_what_an_operator_asks_for_without_rereading_th
         reject: HashSet::new(),
     });
     let (driver, journal, progress) = testing::driver(sink, settings(), &store);
-    let task = tokio::spawn(driver.run());
+    let task = tokio::spawn(async move {
+        let mut driver = driver;
+        driver.run().await
+    });
     journal.append(vec![event(1, 0)]).await;
     let parked = || store.lock().dlq_list(&DlqFilter::default()).unwrap();
     while parked().is_empty() {

@@ -83,11 +83,18 @@ pub struct DlqEntry {
     pub error_kind: String,
     pub error: String,
     pub attempts: i64,
+    /// Microseconds since the Unix epoch; RFC 3339 in JSON.
+    #[serde(serialize_with = "rfc3339")]
     pub first_failed_at: i64,
+    #[serde(serialize_with = "rfc3339")]
     pub last_failed_at: i64,
     pub config_hash: String,
     pub state: DlqState,
     pub held_behind: Option<String>,
+}
+
+fn rfc3339<S: serde::Serializer>(micros: &i64, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&crate::event::format_timestamp_micros(*micros))
 }
 
 fn as_json<S: serde::Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {

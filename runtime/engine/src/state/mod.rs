@@ -32,11 +32,16 @@ pub struct StateError {
     pub source: Box<dyn std::error::Error + Send + Sync>,
 }
 
+/// The state of a sink the DLQ breaker stopped: it stays stopped, across restarts, until
+/// an operator replays or purges its dead letters.
+pub const TRIPPED: &str = "tripped";
+
 /// A sink's recorded state, for `sluice status`.
 #[derive(Clone, Debug, Default)]
 pub struct SinkRecord {
     pub offset: Offset,
-    /// `running`, `idle` or `stopped`.
+    /// `running`, `idle`, `stopped` (gave up retrying; a restart tries again) or
+    /// [`TRIPPED`] (the DLQ breaker: waits for an operator).
     pub state: String,
     pub reason: Option<String>,
     pub updated_at: i64,
@@ -60,6 +65,9 @@ pub trait Offsets {
     ) -> Result<(), StateError>;
     /// Every sink the store knows, with its offset and status.
     fn sinks(&self) -> Result<HashMap<String, SinkRecord>, StateError>;
+    /// An operator dealt with `sink`'s dead letters: if the DLQ breaker had stopped it
+    /// ([`TRIPPED`]), it may go on. Returns whether it was stopped.
+    fn clear_trip(&self, sink: &str) -> Result<bool, StateError>;
     /// A fact about the pipeline (e.g. the source's cluster identity).
     fn meta(&self, key: &str) -> Result<Option<String>, StateError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError>;

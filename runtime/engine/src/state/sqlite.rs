@@ -223,6 +223,17 @@ impl Offsets for SqliteStore {
         Ok(out)
     }
 
+    fn clear_trip(&self, sink: &str) -> Result<bool, StateError> {
+        self.conn
+            .execute(
+                "update sink_status set state = 'running', reason = null, updated_at = ?2
+                  where sink = ?1 and state = ?3",
+                params![sink, now(), super::TRIPPED],
+            )
+            .map(|n| n > 0)
+            .map_err(|e| self.err(e))
+    }
+
     fn meta(&self, key: &str) -> Result<Option<String>, StateError> {
         self.conn
             .query_row("select value from meta where key = ?1", [key], |r| r.get(0))

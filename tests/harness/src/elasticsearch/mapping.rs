@@ -15,11 +15,17 @@ use serde_json::{json, Map, Value};
 /// The type a field was mapped to.
 #[derive(Clone, Debug, PartialEq)]
 pub enum FieldType {
+    /// Integers (JSON integers map here).
     Long,
+    /// Floating point (other JSON numbers map here).
     Float,
+    /// `true`/`false`.
     Boolean,
+    /// Strings that are not dates.
     Text,
+    /// Strings that read as `strict_date_optional_time`.
     Date,
+    /// A JSON object, with its own fields.
     Object(Mapping),
 }
 
@@ -27,6 +33,7 @@ pub enum FieldType {
 pub type Mapping = BTreeMap<String, FieldType>;
 
 impl FieldType {
+    /// The type's name in a mapping.
     pub fn name(&self) -> &'static str {
         match self {
             FieldType::Long => "long",
@@ -45,7 +52,11 @@ pub struct ParseFailure(pub Value);
 
 /// Map `source` into `mapping`: new fields are added, existing ones checked. On failure
 /// `mapping` is unchanged (the document is not indexed, so it maps nothing).
-pub fn apply(mapping: &mut Mapping, source: &Map<String, Value>, id: &str) -> Result<(), ParseFailure> {
+pub fn apply(
+    mapping: &mut Mapping,
+    source: &Map<String, Value>,
+    id: &str,
+) -> Result<(), ParseFailure> {
     let mut updated = mapping.clone();
     object(&mut updated, source, "", id)?;
     *mapping = updated;
@@ -112,7 +123,9 @@ fn accept(mapped: &mut FieldType, path: &str, value: &Value, id: &str) -> Result
         _ => false,
     };
     let fits = match (&mut *mapped, value) {
-        (FieldType::Object(fields), Value::Object(inner)) => return object(fields, inner, path, id),
+        (FieldType::Object(fields), Value::Object(inner)) => {
+            return object(fields, inner, path, id)
+        }
         (FieldType::Object(_), _) => {
             return Err(failure(
                 "document_parsing_exception",
@@ -174,8 +187,15 @@ fn failure(kind: &str, reason: String, cause: Option<Value>) -> ParseFailure {
 /// `THH:mm[:ss[.fraction]]` and `Z` or an offset.
 fn is_date(s: &str) -> bool {
     let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
-    if !(b.len() >= 10 && digits(0..4) && b[4] == b'-' && digits(5..7) && b[7] == b'-' && digits(8..10)) {
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if !(b.len() >= 10
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10))
+    {
         return false;
     }
     let rest = &s[10..];
@@ -196,7 +216,9 @@ fn is_date(s: &str) -> bool {
     let (hms, fraction) = time.split_once('.').unwrap_or((time, "0"));
     let parts: Vec<&str> = hms.split(':').collect();
     (2..=3).contains(&parts.len())
-        && parts.iter().all(|p| p.len() == 2 && p.bytes().all(|d| d.is_ascii_digit()))
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.bytes().all(|d| d.is_ascii_digit()))
         && !fraction.is_empty()
         && fraction.bytes().all(|d| d.is_ascii_digit())
 }
@@ -214,8 +236,10 @@ mod tests {
         let mut m = Mapping::new();
         apply(
             &mut m,
-            &map(json!({"n": 1, "x": 1.5, "ok": true, "s": "hi", "at": "2026-11-22T06:00:00.123456Z",
-                        "meta": {"k": 1}, "tags": ["a"], "none": null})),
+            &map(
+                json!({"n": 1, "x": 1.5, "ok": true, "s": "hi", "at": "2026-11-22T06:00:00.123456Z",
+                        "meta": {"k": 1}, "tags": ["a"], "none": null}),
+            ),
             "1",
         )
         .unwrap();
@@ -226,15 +250,25 @@ mod tests {
         assert_eq!(m["at"], FieldType::Date);
         assert_eq!(m["tags"], FieldType::Text);
         assert!(!m.contains_key("none"));
-        let FieldType::Object(meta) = &m["meta"] else { panic!() };
+        let FieldType::Object(meta) = &m["meta"] else {
+            panic!()
+        };
         assert_eq!(meta["k"], FieldType::Long);
 
         // Coercion: numeric strings into numbers, any scalar into text.
-        apply(&mut m, &map(json!({"n": "42", "x": 2, "s": 5, "ok": "false"})), "2").unwrap();
+        apply(
+            &mut m,
+            &map(json!({"n": "42", "x": 2, "s": 5, "ok": "false"})),
+            "2",
+        )
+        .unwrap();
         let before = m.clone();
         let e = apply(&mut m, &map(json!({"n": "abc", "new": 1})), "3").unwrap_err();
         assert_eq!(e.0["type"], "document_parsing_exception");
-        assert!(e.0["reason"].as_str().unwrap().contains("[n] of type [long]"));
+        assert!(e.0["reason"]
+            .as_str()
+            .unwrap()
+            .contains("[n] of type [long]"));
         assert_eq!(m, before, "a failed document maps nothing");
         assert!(apply(&mut m, &map(json!({"meta": "flat"})), "4").is_err());
         assert!(apply(&mut m, &map(json!({"n": {"deep": 1}})), "5").is_err());
@@ -244,10 +278,21 @@ mod tests {
 
     #[test]
     fn dates_read_like_strict_date_optional_time() {
-        for d in ["2026-11-22", "2026-11-22T06:00", "2026-11-22T06:00:00Z", "2026-11-22T06:00:00.5+01:00"] {
+        for d in [
+            "2026-11-22",
+            "2026-11-22T06:00",
+            "2026-11-22T06:00:00Z",
+            "2026-11-22T06:00:00.5+01:00",
+        ] {
             assert!(is_date(d), "{d}");
         }
-        for s in ["19.90", "2026-11", "2026-11-22 06:00", "paid", "2026-11-22T6:00"] {
+        for s in [
+            "19.90",
+            "2026-11",
+            "2026-11-22 06:00",
+            "paid",
+            "2026-11-22T6:00",
+        ] {
             assert!(!is_date(s), "{s}");
         }
     }
