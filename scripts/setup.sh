@@ -9,6 +9,8 @@ missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 command -v runuser >/dev/null 2>&1 || missing+=(util-linux)
+# The Redis sink's tests and the demo start their own redis-server on a free port.
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 
 if ((${#missing[@]})); then
   if [ "$(id -u)" -ne 0 ]; then
@@ -21,7 +23,8 @@ if ((${#missing[@]})); then
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-# Debian's postgresql package starts a cluster on 5432; sluice's tests use their own.
+# Debian's postgresql and redis-server packages start services of their own; sluice's tests
+# and demo start theirs on free ports and never use those.
 if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 fi

@@ -25,7 +25,8 @@ pub struct SinkRow {
     pub needs: &'static [&'static str],
     /// Run the throughput workloads through it.
     pub throughput: bool,
-    /// Run the commit→sink latency test through it.
+    /// Run the commit→sink latency test through it (webhook rows only: the latency is
+    /// timed by the bench's receiver).
     pub latency: bool,
 }
 
@@ -40,16 +41,18 @@ pub const SINKS: &[SinkRow] = &[
     // each event to itself (identity: every event crosses back) and one that keeps it.
     SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
     SinkRow { name: "blackhole-keep",  sink: "{ type: blackhole, transforms: [ { name: passthrough, wasm: \"${SLUICE_BENCH_PASSTHROUGH_WASM}\" } ] }", needs: &["SLUICE_BENCH_PASSTHROUGH_WASM"], throughput: true, latency: false },
-    // SinkRow { name: "redis", sink: "{ type: redis, url: \"${REDIS_URL}\", key: \"{table}:{key}\" }", needs: &["REDIS_URL"], throughput: true, latency: false },
+    // Servers the bench starts itself when the variable is unset (see services.rs). The
+    // stream row keeps each stream to about 100k entries, as a deployment would.
+    SinkRow { name: "redis",           sink: "{ type: redis, url: \"${REDIS_URL}\" }",           needs: &["REDIS_URL"], throughput: true, latency: false },
+    SinkRow { name: "redis-hash",      sink: "{ type: redis, url: \"${REDIS_URL}\", format: hash }", needs: &["REDIS_URL"], throughput: true, latency: false },
+    SinkRow { name: "redis-stream",    sink: "{ type: redis, url: \"${REDIS_URL}\", mode: stream, maxlen: 100000 }", needs: &["REDIS_URL"], throughput: true, latency: false },
+    SinkRow { name: "elasticsearch",   sink: "{ type: elasticsearch, url: \"${ELASTICSEARCH_URL}\" }", needs: &["ELASTICSEARCH_URL"], throughput: true, latency: false },
 ];
 
 impl SinkRow {
-    /// The first environment variable this row needs that is unset.
-    pub fn missing_env(&self) -> Option<&'static str> {
-        self.needs
-            .iter()
-            .copied()
-            .find(|v| std::env::var_os(v).is_none())
+    /// The first environment variable this row needs that `provided` says is unset.
+    pub fn missing_env(&self, provided: impl Fn(&str) -> bool) -> Option<&'static str> {
+        self.needs.iter().copied().find(|v| !provided(v))
     }
 }
 
@@ -138,6 +141,7 @@ impl SluiceProcess {
         row: &SinkRow,
         slot: &str,
         webhook: &str,
+        env: &[(&'static str, String)],
     ) -> Result<Self> {
         let dir = sluice_testkit::scratch_dir(&format!("bench-{}", row.name));
         let admin = sluice_testkit::free_port();
@@ -162,6 +166,7 @@ impl SluiceProcess {
             .arg(&pipeline)
             .current_dir(&dir)
             .env("SLUICE_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -14,6 +14,7 @@ mod consumers;
 mod cpu;
 mod receiver;
 mod report;
+mod services;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use tokio_postgres::Client;
 use consumers::{SinkRow, SluiceProcess, SINKS};
 use receiver::Receiver;
 use report::{percentile, secs, Row};
+use services::Services;
 use workload::{count, Generated, Workload};
 
 /// Benchmarks sluice against pg_recvlogical on the same WAL: throughput, commit→sink
@@ -90,6 +92,8 @@ struct Bench {
     /// of their rows.
     binaries: Vec<(&'static str, PathBuf)>,
     receiver: Receiver,
+    /// Servers started for the sink rows that need them.
+    services: Services,
     sinks: Vec<&'static SinkRow>,
     /// This process and the postmaster: see [`cpu`].
     ours: Vec<u32>,
@@ -110,13 +114,15 @@ async fn main() -> Result<()> {
     }
     let pg_bin = consumers::pg_bin_dir()?;
 
+    let selected: Vec<&SinkRow> = SINKS
+        .iter()
+        .filter(|row| args.sinks.is_empty() || args.sinks.iter().any(|s| s == row.name))
+        .collect();
+    let services = Services::start(&selected).await?;
     let mut sinks = Vec::new();
     let mut skipped = Vec::new();
-    for row in SINKS {
-        if !args.sinks.is_empty() && !args.sinks.iter().any(|s| s == row.name) {
-            continue;
-        }
-        match row.missing_env() {
+    for row in selected {
+        match row.missing_env(|var| services.provides(var)) {
             Some(var) => skipped.push(format!("{} (set {var} to run it)", row.name)),
             None => sinks.push(row),
         }
@@ -133,9 +139,11 @@ async fn main() -> Result<()> {
     let load_start = load_average();
     let mut ours = vec![std::process::id()];
     ours.extend(cpu::postmaster(&pg.dir.join("data")));
+    ours.extend(services.pids());
     let bench = Bench {
         ours,
         receiver: Receiver::start().await?,
+        services,
         args,
         pg,
         client,
@@ -292,16 +300,27 @@ impl Bench {
             events: generated.events,
             ..Row::default()
         };
+        if let Err(e) = self.services.reset() {
+            row.note = format!("{e:#}");
+            return row;
+        }
         self.quiet().await;
         let before = cpu::sample(&self.ours);
-        let mut process =
-            match SluiceProcess::start(bin, &self.pg.url(), sink, slot, &self.receiver.url) {
-                Ok(p) => p,
-                Err(e) => {
-                    row.note = format!("{e:#}");
-                    return row;
-                }
-            };
+        let started = SluiceProcess::start(
+            bin,
+            &self.pg.url(),
+            sink,
+            slot,
+            &self.receiver.url,
+            self.services.env(),
+        );
+        let mut process = match started {
+            Ok(p) => p,
+            Err(e) => {
+                row.note = format!("{e:#}");
+                return row;
+            }
+        };
         let received = self.receiver.events();
         let stall = Duration::from_secs(60 + self.args.rows / 10_000);
         let measured = async {
@@ -350,7 +369,7 @@ impl Bench {
         let slot = format!("bench_latency_{bin_label}_{}", sink.name).replace('-', "_");
         let result = async {
             let mut process =
-                SluiceProcess::start(bin, &self.pg.url(), sink, &slot, &self.receiver.url)?;
+                SluiceProcess::start(bin, &self.pg.url(), sink, &slot, &self.receiver.url, &[])?;
             let startup = process.wait_streaming(Duration::from_secs(60)).await;
             self.quiet().await;
             let before = cpu::sample(&self.ours);

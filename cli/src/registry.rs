@@ -2,7 +2,9 @@
 //! one line here (and a dependency); the commands only ask the table.
 
 use sluice_blackhole::BlackholeConfig;
+use sluice_elasticsearch::ElasticsearchConfig;
 use sluice_file::FileConfig;
+use sluice_redis::RedisConfig;
 use sluice_runtime::config::{ConfigError, Pipeline, SinkSection};
 use sluice_runtime::engine::SinkSpec;
 use sluice_runtime::registry::{sink, Registry};
@@ -16,6 +18,8 @@ pub const REGISTRY: Registry = Registry {
         sink::<WebhookConfig>("webhook"),
         sink::<FileConfig>("file"),
         sink::<BlackholeConfig>("blackhole"),
+        sink::<RedisConfig>("redis"),
+        sink::<ElasticsearchConfig>("elasticsearch"),
     ],
 };
 
@@ -54,6 +58,7 @@ pub fn build_sinks(
                 delivery: s.delivery.clone(),
                 config_hash: config_hash(s),
                 transforms,
+                tables: s.tables.clone(),
             })
         })
         .collect()

@@ -1,9 +1,11 @@
 //! The sluice demo, on throwaway local services:
 //!
-//! 1. starts a PostgreSQL cluster (wal_level=logical) and a webhook receiver on free ports;
-//! 2. runs `sluice run pipelines/orders-webhook.yaml` against them;
+//! 1. starts a PostgreSQL cluster (wal_level=logical), a Redis server, the Elasticsearch
+//!    stand-in and a webhook receiver on free ports;
+//! 2. runs `sluice run pipelines/shop.yaml` against them (orders and customers to a search
+//!    index and a cache, orders to a webhook);
 //! 3. plays a small shop app that only ever writes to PostgreSQL;
-//! 4. prints every signed webhook the receiver got, then `sluice status`;
+//! 4. prints what each store holds and every signed webhook, then `sluice status`;
 //! 5. stops sluice with SIGTERM (it drains and commits), tears the slot down, cleans up.
 //!
 //! Run it with `bash scripts/demo.sh` (which builds both binaries first).
@@ -11,7 +13,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use redis::AsyncCommands;
 use serde_json::Value;
+use sluice_testkit::elasticsearch::Elasticsearch;
+use sluice_testkit::redis::Redis;
 use sluice_testkit::{eventually, scratch_dir, sluice, Postgres, Receiver, Sluice};
 
 const APP: &[&str] = &[
@@ -27,11 +32,14 @@ const APP: &[&str] = &[
 async fn main() {
     let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let pipeline = repo
-        .join("pipelines/orders-webhook.yaml")
+        .join("pipelines/shop.yaml")
         .canonicalize()
-        .expect("pipelines/orders-webhook.yaml");
+        .expect("pipelines/shop.yaml");
 
-    println!("== starting a throwaway PostgreSQL (wal_level=logical) and a webhook receiver");
+    println!(
+        "== starting a throwaway PostgreSQL (wal_level=logical), Redis, the Elasticsearch \
+         stand-in and a webhook receiver"
+    );
     let pg = Postgres::start("demo");
     let db = pg.client().await;
     db.batch_execute(
@@ -41,11 +49,15 @@ async fn main() {
     .await
     .expect("create the demo tables");
     let rx = Receiver::start().await;
+    let redis = Redis::start();
+    let es = Elasticsearch::start().await;
     let dir = scratch_dir("demo");
     let admin = format!("127.0.0.1:{}", sluice_testkit::free_port());
     let env = [
         ("DATABASE_URL", pg.url()),
         ("WEBHOOK_URL", rx.url()),
+        ("REDIS_URL", redis.url()),
+        ("ELASTICSEARCH_URL", es.url()),
         ("SLUICE_ADMIN", admin.clone()),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
@@ -53,13 +65,20 @@ async fn main() {
     println!("== sluice run {}", pipeline.display());
     let mut sluice = Sluice::start_file(&dir, &pipeline, &env);
     let slot_client = pg.client().await;
-    eventually(Duration::from_secs(60), "the replication slot to stream", async || {
-        let row = slot_client
-            .query_opt("select active from pg_replication_slots where slot_name = 'sluice_orders_webhook'", &[])
-            .await
-            .ok()??;
-        row.get::<_, bool>(0).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the replication slot to stream",
+        async || {
+            let row = slot_client
+                .query_opt(
+                    "select active from pg_replication_slots where slot_name = 'sluice_shop'",
+                    &[],
+                )
+                .await
+                .ok()??;
+            row.get::<_, bool>(0).then_some(())
+        },
+    )
     .await;
 
     println!("== the app writes to PostgreSQL only");
@@ -68,10 +87,42 @@ async fn main() {
         db.batch_execute(sql).await.expect("demo write");
     }
 
+    // Orders only reach the webhook (`tables: [public.orders]`): 2 inserts, 1 update, 1 delete.
     eventually(Duration::from_secs(30), "the webhooks", async || {
-        (rx.delivered_count() >= 7).then_some(())
+        (rx.delivered_count() >= 4).then_some(())
     })
     .await;
+    let mut cache = redis::Client::open(redis.url())
+        .expect("a redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect to redis");
+    eventually(Duration::from_secs(30), "the stores", async || {
+        let gone: Option<String> = cache.get("orders:101").await.ok()?;
+        let paid = es.doc("orders", "100")?.source["status"] == "paid";
+        (gone.is_none() && paid && es.doc("orders", "101").is_none()).then_some(())
+    })
+    .await;
+    println!(
+        "== the search index (Elasticsearch stand-in): documents and their versions (WAL LSNs)"
+    );
+    for table in ["customers", "orders"] {
+        for (id, doc) in es.docs(table) {
+            println!(
+                "   {table}/{id:<4} version {:<12} {}",
+                doc.version,
+                compact(&doc.source)
+            );
+        }
+    }
+    println!("== the cache (Redis): one JSON value per row; deleted rows are gone");
+    let mut keys: Vec<String> = cache.keys("*:*").await.unwrap_or_default();
+    keys.retain(|k| !k.ends_with(":sluice"));
+    keys.sort();
+    for key in keys {
+        let value: Option<String> = cache.get(&key).await.unwrap_or_default();
+        println!("   {key:<13} {}", value.unwrap_or_default());
+    }
     println!(
         "== the webhook receiver got (signed: webhook-id / webhook-timestamp / webhook-signature)"
     );
@@ -127,7 +178,7 @@ async fn main() {
     ));
     drop(pg);
     let _ = std::fs::remove_dir_all(&dir);
-    if code != 0 || rx.delivered_count() != 7 {
+    if code != 0 || rx.delivered_count() != 4 {
         eprintln!(
             "demo failed: exit {code}, {} deliveries; sluice log:\n{}",
             rx.delivered_count(),
@@ -135,7 +186,10 @@ async fn main() {
         );
         std::process::exit(1);
     }
-    println!("== done: 5 app writes, 7 changes, 7 webhooks, nothing written twice by the app");
+    println!(
+        "== done: 5 app writes, 7 changes; the index and the cache equal the tables, the \
+         webhook got the 4 order changes; the app wrote to PostgreSQL only"
+    );
 }
 
 fn compact(v: &Value) -> String {

@@ -164,7 +164,7 @@ fn families(s: &AdminState, depths: &[(String, i64)]) -> Vec<Family> {
         .map(|(k, r)| (k, *r, telemetry::sink_label(&k.name)))
         .collect();
     type Counted = fn(&SinkProgress) -> &std::sync::atomic::AtomicU64;
-    let counters: [(&'static str, &'static str, Counted); 6] = [
+    let counters: [(&'static str, &'static str, Counted); 7] = [
         ("sink_delivered_events", "Events delivered.", |k| {
             &k.counters.delivered
         }),
@@ -184,6 +184,11 @@ fn families(s: &AdminState, depths: &[(String, i64)]) -> Vec<Family> {
             |k| &k.counters.skipped,
         ),
         ("sink_batches", "Batches written.", |k| &k.counters.batches),
+        (
+            "sink_filtered_events",
+            "Events of tables the sink's `tables:` leaves out.",
+            |k| &k.counters.filtered,
+        ),
         (
             "dlq_replayed_events",
             "Parked events delivered by a replay.",

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use crate::admin::{self, AdminState};
 use crate::chain::{Chain, SharedChain, Stage};
-use crate::config::DeliveryConfig;
+use crate::config::{DeliveryConfig, TableName};
+use crate::driver::TableFilter;
 use crate::driver::{SinkDriver, SinkStop};
 use crate::feed::Feed;
 use crate::journal::{Journal, ReaderId};
@@ -32,6 +33,8 @@ pub struct SinkSpec {
     pub config_hash: String,
     /// The sink's own transforms, run after the pipeline's.
     pub transforms: Vec<Box<dyn Stage>>,
+    /// Only changes of these tables reach the sink (events always do); empty: all.
+    pub tables: Vec<TableName>,
 }
 
 pub struct EngineOptions {
@@ -164,6 +167,7 @@ pub async fn run(
             config_hash: spec.config_hash,
             pipeline_chain: pipeline_chain.clone(),
             chain,
+            tables: TableFilter::new(&spec.tables),
         };
         let supervisor = Supervisor {
             journal: journal.clone(),

@@ -43,6 +43,8 @@ pub struct SinkCounters {
     pub retries: AtomicU64,
     pub rejected: AtomicU64,
     pub skipped: AtomicU64,
+    /// Events of tables the sink's `tables:` leaves out.
+    pub filtered: AtomicU64,
     pub batches: AtomicU64,
     /// Events sent to the DLQ (failed permanently).
     pub parked: AtomicU64,
@@ -67,6 +69,7 @@ impl Default for SinkCounters {
             retries: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            filtered: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             parked: AtomicU64::new(0),
             held: AtomicU64::new(0),

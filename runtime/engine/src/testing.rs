@@ -67,6 +67,7 @@ pub fn driver(
         config_hash: "h".into(),
         pipeline_chain: Arc::new(Mutex::new(Chain::default())),
         chain: Chain::default(),
+        tables: Default::default(),
     };
     (driver, journal, progress)
 }

@@ -133,6 +133,8 @@ const FIRST_LSN: u64 = 0x1000;
 pub fn change(op: Op, tx: u64, index: u32, key: i64, n: i64) -> Arc<Event> {
     let lsn = FIRST_LSN + tx * 0x100;
     let mut e = testing::event("items", op, lsn, index);
+    // Each change has its own WAL record, before its transaction's commit, in order.
+    e.source.lsn = Lsn(lsn - 0x100 + 1 + u64::from(index));
     let key_row = testing::id_row(key);
     let mut row = key_row.clone();
     row.push("n".into(), V::Int(n));

@@ -2,8 +2,10 @@
 //! `sluice` binary, all on free loopback ports, all torn down when dropped. Used by the
 //! scenarios in `tests/` and by the demo in `examples/demo`.
 
+pub mod elasticsearch;
 pub mod postgres;
 pub mod receiver;
+pub mod redis;
 pub mod sluice;
 
 pub use postgres::Postgres;

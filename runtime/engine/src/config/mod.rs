@@ -443,14 +443,39 @@ fn sinks(
                 transforms(de(locator, &chain_path, &chain)?, &chain_path, locator)?
             }
         };
-        out.push(SinkSection::from_file(
+        let tables: Vec<TableName> = match map.remove("tables") {
+            None => Vec::new(),
+            Some(list) => {
+                let tables_path = child(&path, "tables");
+                let tables: Vec<TableName> = de(locator, &tables_path, &list)?;
+                for (i, t) in tables.iter().enumerate() {
+                    if tables[..i].contains(t) {
+                        return Err(locator.error(
+                            &format!("{tables_path}[{i}]"),
+                            format!("`{t}` is listed twice"),
+                        ));
+                    }
+                }
+                if tables.is_empty() {
+                    return Err(locator.error(
+                        &tables_path,
+                        "an empty list would send this sink no change; remove `tables` to send \
+                         it every table",
+                    ));
+                }
+                tables
+            }
+        };
+        let mut section = SinkSection::from_file(
             name,
             kind,
             delivery,
             transforms,
             Value::Object(map),
             Arc::clone(locator),
-        ));
+        );
+        section.tables = tables;
+        out.push(section);
     }
     Ok(out)
 }

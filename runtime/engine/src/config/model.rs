@@ -470,6 +470,9 @@ pub struct SinkSection {
     pub delivery: DeliveryConfig,
     /// The sink's own transform chain, run after the pipeline's.
     pub transforms: Vec<TransformConfig>,
+    /// `tables:`: only changes of these tables reach the sink (`op: event` envelopes,
+    /// outbox rows and messages, always do). Empty: every table's.
+    pub tables: Vec<TableName>,
     /// The sink's remaining keys, as a JSON object.
     pub config: Value,
     /// `config` with secrets masked, for `Debug`.
@@ -492,6 +495,7 @@ impl SinkSection {
             kind,
             delivery,
             transforms,
+            tables: Vec::new(),
             config,
             shown,
             locator,
@@ -621,6 +625,7 @@ impl fmt::Debug for SinkSection {
             .field("kind", &self.kind)
             .field("delivery", &self.delivery)
             .field("transforms", &self.transforms)
+            .field("tables", &self.tables)
             .field("config", &self.shown)
             .finish()
     }

@@ -740,3 +740,32 @@ fn a_file_that_is_not_utf8_is_refused_at_its_line() {
         "{e}"
     );
 }
+
+#[test]
+fn a_sink_may_take_only_some_tables() {
+    let p = load(&with(&[(10, "    tables: [orders, 'Sales.\"Big\"']")])).unwrap();
+    assert_eq!(
+        p.sinks[0].tables,
+        [
+            TableName::new("public", "orders"),
+            TableName::new("sales", "Big")
+        ]
+    );
+    assert!(
+        p.sinks[0].config.get("tables").is_none(),
+        "not the sink's own key"
+    );
+    fails(
+        &with(&[(10, "    tables: [orders, public.orders]")]),
+        10,
+        22,
+        "sinks.notify.tables[1]",
+    );
+    let e = fails(
+        &with(&[(10, "    tables: []")]),
+        10,
+        5,
+        "sinks.notify.tables",
+    );
+    assert!(e.message.contains("remove `tables`"), "{e}");
+}

@@ -102,6 +102,38 @@ pub struct SinkDriver {
     pub pipeline_chain: SharedChain,
     /// This sink's own transforms, run after the pipeline's.
     pub chain: Chain,
+    /// The tables whose changes reach this sink (`tables:`).
+    pub tables: TableFilter,
+}
+
+/// A sink's `tables:`: which tables' changes it is sent. Events (`op: event`) always pass.
+#[derive(Clone, Debug, Default)]
+pub struct TableFilter(Option<std::collections::HashSet<(String, String)>>);
+
+impl TableFilter {
+    /// Only these tables; an empty list lets every table through.
+    pub fn new(tables: &[crate::config::TableName]) -> Self {
+        TableFilter((!tables.is_empty()).then(|| {
+            tables
+                .iter()
+                .map(|t| (t.schema.clone(), t.name.clone()))
+                .collect()
+        }))
+    }
+
+    /// Whether `event` is for this sink.
+    pub fn passes(&self, event: &Event) -> bool {
+        let Some(tables) = &self.0 else { return true };
+        if event.op == crate::event::Op::Event {
+            return true;
+        }
+        match (&event.source.schema, &event.source.table) {
+            (Some(schema), Some(table)) => {
+                tables.contains(&(schema.to_string(), table.to_string()))
+            }
+            _ => true,
+        }
+    }
 }
 
 /// What the sink is sent of some source events, and what is parked whatever it answers.
@@ -235,7 +267,9 @@ impl SinkDriver {
                     let event = &record.event;
                     offset.position = event.position;
                     offset.commit_ts_micros = event.source.ts_micros;
-                    if parked.was_parked(event) {
+                    if !self.tables.passes(event) {
+                        counters.filtered.fetch_add(1, relaxed());
+                    } else if parked.was_parked(event) {
                         counters.skipped.fetch_add(1, relaxed());
                     } else {
                         inputs.push(record.clone());

@@ -129,6 +129,7 @@ async fn drive_with(
         config_hash: "h".into(),
         pipeline_chain: Arc::new(Mutex::new(pipeline_chain)),
         chain,
+        tables: Default::default(),
     };
     journal.append(entries).await;
     journal.close();
@@ -534,4 +535,48 @@ async fn a_running_driver_replays_what_an_operator_asks_for_without_rereading_th
     let sent: Vec<Position> = seen.lock().unwrap().concat();
     assert_eq!(sent, [Position::new(Lsn(1), 0); 2], "sent, then replayed");
     assert_eq!(progress.sinks()[0].counters.replayed.load(relaxed()), 1);
+}
+
+#[tokio::test]
+async fn a_sink_gets_only_its_tables_and_every_event() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Box::new(Scripted {
+        script: VecDeque::new(),
+        seen: seen.clone(),
+        reject: HashSet::new(),
+    });
+    let store = Store::new(SqliteStore::in_memory());
+    let (mut driver, journal, progress) = testing::driver(sink, settings(), &store);
+    driver.tables = TableFilter::new(&[crate::config::TableName::new("public", "orders")]);
+    let mut message = testing::event("outbox", Op::Event, 1, 2);
+    message.source.table = None;
+    journal
+        .append(vec![
+            Entry::event(testing::event("orders", Op::Insert, 1, 0)),
+            Entry::event(testing::event("customers", Op::Insert, 1, 1)),
+            Entry::event(message),
+            Entry::Commit {
+                commit_lsn: Lsn(1),
+                end_lsn: Lsn(9),
+            },
+        ])
+        .await;
+    journal.close();
+    driver.run().await.unwrap();
+    let sent: Vec<u32> = seen
+        .lock()
+        .unwrap()
+        .concat()
+        .iter()
+        .map(|p| p.index)
+        .collect();
+    assert_eq!(sent, [0, 2], "orders and the event; customers left out");
+    let sink = &progress.sinks()[0];
+    assert_eq!(sink.counters.filtered.load(relaxed()), 1);
+    let (_, offset) = sink.take_dirty().unwrap();
+    assert_eq!(
+        offset.flush_lsn,
+        Lsn(9),
+        "a filtered event is finished, not pending"
+    );
 }

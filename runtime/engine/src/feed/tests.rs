@@ -155,6 +155,7 @@ async fn the_engine_drives_any_source_reconnects_drops_resent_events_and_drains(
         delivery: Default::default(),
         config_hash: "h".into(),
         transforms: Vec::new(),
+        tables: Vec::new(),
     }];
     let store = Store::new(SqliteStore::in_memory());
     let shutdown = Shutdown::new();
@@ -226,6 +227,7 @@ async fn a_fatal_source_error_ends_the_run_and_the_sinks_drain() {
         delivery: Default::default(),
         config_hash: "h".into(),
         transforms: Vec::new(),
+        tables: Vec::new(),
     }];
     let result = tokio::time::timeout(
         Duration::from_secs(10),
