@@ -305,6 +305,13 @@ async fn sigterm_drains_commits_and_a_restart_delivers_nothing_twice() {
         stdout.contains("wal_level=logical") && stdout.contains("sink hook: ok"),
         "{stdout}"
     );
+    // The journal's folder, its budget and what the server keeps once it is full.
+    assert!(
+        stdout.contains("journal: state.journal can be created")
+            && stdout.contains("10.0 GiB behind (journal.max_bytes)")
+            && stdout.contains("without limit (max_slot_wal_keep_size = -1)"),
+        "{stdout}"
+    );
     let slots: i64 = db
         .query_one("select count(*) from pg_replication_slots", &[])
         .await

@@ -20,6 +20,8 @@ pub struct SinkRow {
     /// directory and `$WEBHOOK` by the bench receiver's URL; `${VAR}` is left for sluice
     /// to read from the environment.
     pub sink: &'static str,
+    /// Top-level pipeline keys the row adds (YAML lines), e.g. a journal type.
+    pub extra: &'static str,
     /// Environment variables the row needs (a server's address, say); when one is unset,
     /// the row is skipped.
     pub needs: &'static [&'static str],
@@ -33,20 +35,24 @@ pub struct SinkRow {
 /// Every sink the benchmark runs. Adding a sink is one line here.
 #[rustfmt::skip]
 pub const SINKS: &[SinkRow] = &[
-    SinkRow { name: "blackhole",       sink: "{ type: blackhole }",                               needs: &[], throughput: true,  latency: false },
-    SinkRow { name: "file",            sink: "{ type: file, path: \"$DIR/events.jsonl\" }",       needs: &[], throughput: true,  latency: false },
-    SinkRow { name: "webhook",         sink: "{ type: webhook, url: \"$WEBHOOK\" }",              needs: &[], throughput: true,  latency: true },
-    SinkRow { name: "webhook-batch",   sink: "{ type: webhook, url: \"$WEBHOOK\", batch: true }", needs: &[], throughput: true,  latency: true },
+    SinkRow { name: "blackhole",       sink: "{ type: blackhole }",                               extra: "", needs: &[], throughput: true,  latency: false },
+    // The same with the journal in memory: what the durable journal costs.
+    SinkRow { name: "blackhole-memory", sink: "{ type: blackhole }", extra: "journal: { type: memory }\n", needs: &[], throughput: true, latency: false },
+    SinkRow { name: "file",            sink: "{ type: file, path: \"$DIR/events.jsonl\" }",       extra: "", needs: &[], throughput: true,  latency: false },
+    SinkRow { name: "webhook",         sink: "{ type: webhook, url: \"$WEBHOOK\" }",              extra: "", needs: &[], throughput: true,  latency: true },
+    SinkRow { name: "webhook-batch",   sink: "{ type: webhook, url: \"$WEBHOOK\", batch: true }", extra: "", needs: &[], throughput: true,  latency: true },
     // The cost of the WebAssembly host: blackhole behind a trivial transform, one that maps
     // each event to itself (identity: every event crosses back) and one that keeps it.
-    SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
-    SinkRow { name: "blackhole-keep",  sink: "{ type: blackhole, transforms: [ { name: passthrough, wasm: \"${SLUICE_BENCH_PASSTHROUGH_WASM}\" } ] }", needs: &["SLUICE_BENCH_PASSTHROUGH_WASM"], throughput: true, latency: false },
+    SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", extra: "", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
+    SinkRow { name: "blackhole-keep",  sink: "{ type: blackhole, transforms: [ { name: passthrough, wasm: \"${SLUICE_BENCH_PASSTHROUGH_WASM}\" } ] }", extra: "", needs: &["SLUICE_BENCH_PASSTHROUGH_WASM"], throughput: true, latency: false },
     // Servers the bench starts itself when the variable is unset (see services.rs). The
     // stream row keeps each stream to about 100k entries, as a deployment would.
-    SinkRow { name: "redis",           sink: "{ type: redis, url: \"${REDIS_URL}\" }",           needs: &["REDIS_URL"], throughput: true, latency: false },
-    SinkRow { name: "redis-hash",      sink: "{ type: redis, url: \"${REDIS_URL}\", format: hash }", needs: &["REDIS_URL"], throughput: true, latency: false },
-    SinkRow { name: "redis-stream",    sink: "{ type: redis, url: \"${REDIS_URL}\", mode: stream, maxlen: 100000 }", needs: &["REDIS_URL"], throughput: true, latency: false },
-    SinkRow { name: "elasticsearch",   sink: "{ type: elasticsearch, url: \"${ELASTICSEARCH_URL}\" }", needs: &["ELASTICSEARCH_URL"], throughput: true, latency: false },
+    SinkRow { name: "redis",           sink: "{ type: redis, url: \"${REDIS_URL}\" }",           extra: "", needs: &["REDIS_URL"], throughput: true, latency: false },
+    SinkRow { name: "redis-hash",      sink: "{ type: redis, url: \"${REDIS_URL}\", format: hash }", extra: "", needs: &["REDIS_URL"], throughput: true, latency: false },
+    SinkRow { name: "redis-stream",    sink: "{ type: redis, url: \"${REDIS_URL}\", mode: stream, maxlen: 100000 }", extra: "", needs: &["REDIS_URL"], throughput: true, latency: false },
+    SinkRow { name: "kafka",           sink: "{ type: kafka, brokers: \"${KAFKA_BROKERS}\", topic: sluice-bench }", extra: "", needs: &["KAFKA_BROKERS"], throughput: true, latency: false },
+    SinkRow { name: "rabbitmq",        sink: "{ type: rabbitmq, url: \"${RABBITMQ_URL}\", exchange: bench }", extra: "", needs: &["RABBITMQ_URL"], throughput: true, latency: false },
+    SinkRow { name: "elasticsearch",   sink: "{ type: elasticsearch, url: \"${ELASTICSEARCH_URL}\" }", extra: "", needs: &["ELASTICSEARCH_URL"], throughput: true, latency: false },
 ];
 
 impl SinkRow {
@@ -154,8 +160,9 @@ impl SluiceProcess {
              source:\n  type: postgres\n  url: {pg_url}\n  slot: {slot}\n  publication: {PUBLICATION}\n  tables: [{TABLE}]\n\
              sinks:\n  {name}: {sink}\n\
              state: state.db\n\
-             admin: 127.0.0.1:{admin}\n",
+             admin: 127.0.0.1:{admin}\n{extra}",
             name = row.name,
+            extra = row.extra,
         );
         let pipeline = dir.join("pipeline.yaml");
         std::fs::write(&pipeline, yaml)?;

@@ -95,7 +95,7 @@ struct Bench {
     /// Servers started for the sink rows that need them.
     services: Services,
     sinks: Vec<&'static SinkRow>,
-    /// This process and the postmaster: see [`cpu`].
+    /// This process and the postmaster: see [`cpu`] (and [`Bench::ours`]).
     ours: Vec<u32>,
 }
 
@@ -139,7 +139,6 @@ async fn main() -> Result<()> {
     let load_start = load_average();
     let mut ours = vec![std::process::id()];
     ours.extend(cpu::postmaster(&pg.dir.join("data")));
-    ours.extend(services.pids());
     let bench = Bench {
         ours,
         receiver: Receiver::start().await?,
@@ -183,13 +182,22 @@ async fn main() -> Result<()> {
 }
 
 impl Bench {
+    /// The processes whose CPU is the benchmark's own: this one, the postmaster and the
+    /// servers started for the sinks (asked each time: a server restarted to empty it has
+    /// a new pid).
+    fn ours(&self) -> Vec<u32> {
+        let mut ours = self.ours.clone();
+        ours.extend(self.services.pids());
+        ours
+    }
+
     /// Wait (up to `--quiet-wait`) until other work leaves the machine alone.
     async fn quiet(&self) {
         if self.args.quiet_wait == 0 {
             return;
         }
         let patience = Duration::from_secs(self.args.quiet_wait);
-        let (waited, quiet) = cpu::wait_quiet(&self.ours, 20.0, patience).await;
+        let (waited, quiet) = cpu::wait_quiet(&self.ours(), 20.0, patience).await;
         if !quiet {
             eprintln!("bench: other work keeps the machine busy; going on after {waited:?}");
         } else if waited > Duration::from_secs(2) {
@@ -248,7 +256,7 @@ impl Bench {
             };
             let slot_name = slot("recvlogical", round);
             self.quiet().await;
-            let before = cpu::sample(&self.ours);
+            let before = cpu::sample(&self.ours());
             match consumers::recvlogical(
                 &self.pg_bin,
                 self.pg.port,
@@ -261,7 +269,7 @@ impl Bench {
                 Ok(took) => reference.seconds = Some(secs(took)),
                 Err(e) => reference.note = format!("{e:#}"),
             }
-            reference.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+            reference.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
             workload::drop_slot(&self.client, &slot_name).await?;
             eprintln!("bench: {label}: pg_recvlogical {}", summary(&reference));
             runs[0].push(reference);
@@ -305,7 +313,7 @@ impl Bench {
             return row;
         }
         self.quiet().await;
-        let before = cpu::sample(&self.ours);
+        let before = cpu::sample(&self.ours());
         let started = SluiceProcess::start(
             bin,
             &self.pg.url(),
@@ -332,7 +340,7 @@ impl Bench {
         row.rss_mb = process.peak_rss_mb();
         let cpu_seconds = process.cpu_seconds();
         let stopped = process.stop().await;
-        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
         row.cpu_us = cpu_seconds.map(|s| s * 1e6 / generated.events.max(1) as f64);
         match measured {
             Ok((startup, status, took)) => {
@@ -372,7 +380,7 @@ impl Bench {
                 SluiceProcess::start(bin, &self.pg.url(), sink, &slot, &self.receiver.url, &[])?;
             let startup = process.wait_streaming(Duration::from_secs(60)).await;
             self.quiet().await;
-            let before = cpu::sample(&self.ours);
+            let before = cpu::sample(&self.ours());
             let measured = async {
                 row.startup = Some(secs(startup?));
                 let before = self.receiver.events();
@@ -392,7 +400,7 @@ impl Bench {
             let latencies = self.receiver.take_latencies();
             row.rss_mb = process.peak_rss_mb();
             let stopped = process.stop().await;
-            row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours)));
+            row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
             measured?;
             stopped?;
             let ms = |p| percentile(&latencies, p).map(|us| us as f64 / 1000.0);

@@ -35,6 +35,11 @@ enum Command {
     Run {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Start even though the disk journal was lost after the slot had confirmed changes
+        /// only it held: those changes are lost to the sinks that had not received them
+        /// (backfill their tables afterwards).
+        #[arg(long)]
+        accept_journal_gap: bool,
     },
     /// Check the pipeline file; with --connect also the source and the sinks.
     Validate {
@@ -66,6 +71,22 @@ enum Command {
         /// Also delete every parked event (otherwise a non-empty DLQ stops the teardown).
         #[arg(long)]
         drop_dlq: bool,
+    },
+    /// Deliver a sink's events again from an earlier point of the journal (disk journal).
+    ///
+    /// Only this sink receives them again; the others and the slot are not touched. A
+    /// running pipeline applies it within a second, otherwise the next `sluice run` does.
+    /// Events in the sink's DLQ are not sent again (replay them).
+    Rewind {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// The sink to deliver again.
+        #[arg(long)]
+        sink: String,
+        /// From where: an LSN (every change committed at or after it), an RFC 3339 time
+        /// (from the first change committed then), or `oldest` (all the journal keeps).
+        #[arg(long, value_name = "LSN|TIME|oldest")]
+        to: String,
     },
     /// Dead-letter queues: list, show, replay and purge parked events.
     #[command(subcommand)]
@@ -205,6 +226,7 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut std::io::stdout());
             Ok(())
         }
+        Command::Rewind { pipeline, sink, to } => commands::rewind::run(&pipeline, &sink, &to),
         Command::Dlq(dlq) => {
             use commands::dlq::{self, Selection};
             match dlq {
@@ -253,7 +275,10 @@ fn run_async(command: Command) -> Result<(), Failure> {
         .expect("tokio runtime");
     let result = runtime.block_on(async {
         match command {
-            Command::Run { pipeline } => commands::run::run(&pipeline).await,
+            Command::Run {
+                pipeline,
+                accept_journal_gap,
+            } => commands::run::run(&pipeline, accept_journal_gap).await,
             Command::Validate {
                 pipeline,
                 connect,
@@ -263,7 +288,10 @@ fn run_async(command: Command) -> Result<(), Failure> {
             Command::Teardown { pipeline, drop_dlq } => {
                 commands::teardown::run(&pipeline, drop_dlq).await
             }
-            Command::Dlq(_) | Command::Transform(_) | Command::Completions { .. } => {
+            Command::Dlq(_)
+            | Command::Transform(_)
+            | Command::Completions { .. }
+            | Command::Rewind { .. } => {
                 unreachable!("run synchronously")
             }
         }

@@ -4,6 +4,8 @@
 use sluice_blackhole::BlackholeConfig;
 use sluice_elasticsearch::ElasticsearchConfig;
 use sluice_file::FileConfig;
+use sluice_kafka::KafkaConfig;
+use sluice_rabbitmq::RabbitMqConfig;
 use sluice_redis::RedisConfig;
 use sluice_runtime::config::{ConfigError, Pipeline, SinkSection};
 use sluice_runtime::engine::SinkSpec;
@@ -20,6 +22,8 @@ pub const REGISTRY: Registry = Registry {
         sink::<BlackholeConfig>("blackhole"),
         sink::<RedisConfig>("redis"),
         sink::<ElasticsearchConfig>("elasticsearch"),
+        sink::<RabbitMqConfig>("rabbitmq"),
+        sink::<KafkaConfig>("kafka"),
     ],
 };
 

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod dlq;
+pub mod rewind;
 pub mod run;
 pub mod status;
 pub mod teardown;

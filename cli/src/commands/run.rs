@@ -3,7 +3,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sluice_runtime::engine::{self, EngineOptions};
+use sluice_runtime::config::JournalKind;
+use sluice_runtime::engine::{self, EngineOptions, JournalOptions};
+use sluice_runtime::journal::DiskConfig;
 use sluice_runtime::source::DEFAULT_ACK_INTERVAL;
 use sluice_runtime::state::{SqliteStore, Store};
 use sluice_runtime::Shutdown;
@@ -13,7 +15,7 @@ use super::runtime;
 use crate::registry::build_sinks;
 use crate::Failure;
 
-pub async fn run(path: &Path) -> Result<(), Failure> {
+pub async fn run(path: &Path, accept_journal_gap: bool) -> Result<(), Failure> {
     let pipeline = super::load(path)?;
     let connector = super::source(&pipeline)?;
     // The host must outlive the run: it drives the transforms' time budgets.
@@ -26,15 +28,37 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
         None => Vec::new(),
     };
     let store = Store::new(SqliteStore::open(&pipeline.state).map_err(runtime)?);
-    let source = connector.prepare(&store).await.map_err(runtime)?;
+    // Files the source stages while it runs (transactions streamed before their commit).
+    let work_dir = pipeline.state.with_extension("work");
+    std::fs::create_dir_all(&work_dir)
+        .map_err(|e| Failure::Runtime(format!("cannot create {}: {e}", work_dir.display())))?;
+    let source = connector
+        .prepare(&store, &work_dir)
+        .await
+        .map_err(runtime)?;
 
     let shutdown = Shutdown::new();
     tokio::spawn(handle_signals(shutdown.clone()));
     tracing::info!(pipeline = %pipeline.name, sinks = pipeline.sinks.len(), state = %pipeline.state.display(), "running");
+    let journal = match pipeline.journal.kind {
+        JournalKind::Memory => JournalOptions::Memory {
+            capacity: JOURNAL_MEMORY,
+        },
+        JournalKind::Disk => JournalOptions::Disk {
+            config: DiskConfig {
+                dir: pipeline.journal.path.clone(),
+                max_bytes: pipeline.journal.max_bytes,
+                retention: pipeline.journal.retention,
+                segment_bytes: pipeline.journal.segment_bytes,
+            },
+            capacity: JOURNAL_MEMORY,
+            accept_gap: accept_journal_gap,
+        },
+    };
     let engine_options = EngineOptions {
         pipeline: pipeline.name.clone(),
         admin: pipeline.admin,
-        journal_capacity: 16 * 1024,
+        journal,
         drain_timeout: pipeline.shutdown_timeout,
         commit_interval: Duration::from_millis(100),
         ack_interval: DEFAULT_ACK_INTERVAL,
@@ -47,6 +71,10 @@ pub async fn run(path: &Path) -> Result<(), Failure> {
     tracing::info!("stopped cleanly");
     Ok(())
 }
+
+/// Journal entries kept in memory: all of them for a memory journal (the slowest sink's
+/// reach), the newest for a disk journal (sinks further behind read the files).
+const JOURNAL_MEMORY: usize = 16 * 1024;
 
 /// First SIGINT/SIGTERM: drain. Second: abort retries and leave.
 async fn handle_signals(shutdown: Shutdown) {

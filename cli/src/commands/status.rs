@@ -13,6 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::{json, Value};
+use sluice_runtime::config::{JournalKind, Pipeline};
+use sluice_runtime::event::format_timestamp_micros;
+use sluice_runtime::journal;
 use sluice_runtime::state::{DeadLetters, Offsets, SinkRecord, SqliteStore};
 use sluice_runtime::units::human_bytes;
 use sluice_runtime::Lsn;
@@ -75,9 +78,13 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
             })
         })
         .collect();
+    let journal = journal_report(&pipeline, live.as_ref());
+    let mut lines = upstream.lines.clone();
+    lines.extend(journal.1);
     let mut report = serde_json::Map::new();
     report.insert("pipeline".into(), json!(pipeline.name));
     report.insert("running".into(), json!(running));
+    report.insert("journal".into(), journal.0);
     report.extend(upstream.json);
     report.insert("sinks".into(), json!(sinks));
     if as_json {
@@ -86,13 +93,63 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
             serde_json::to_string_pretty(&Value::Object(report)).unwrap_or_default()
         );
     } else {
-        print_human(&pipeline.name, &upstream.lines, &sinks, running);
+        print_human(&pipeline.name, &lines, &sinks, running);
     }
     match upstream.error {
         Some(e) => Err(Failure::Runtime(format!(
             "the source could not be asked: {e}"
         ))),
         None => Ok(()),
+    }
+}
+
+/// The journal as JSON, and its line for a terminal: the running engine's figures when it
+/// answers, else what the folder holds.
+fn journal_report(pipeline: &Pipeline, live: Option<&Value>) -> (Value, Vec<String>) {
+    let config = &pipeline.journal;
+    if config.kind == JournalKind::Memory {
+        return (json!({"type": "memory"}), vec!["journal: in memory".into()]);
+    }
+    let dir = config.path.display();
+    let budget = human_bytes(config.max_bytes as i64);
+    match journal::inspect(&config.path) {
+        Ok(Some(j)) => {
+            let full = live
+                .and_then(|l| l["journal"]["full"].as_bool())
+                .unwrap_or(false);
+            let oldest = j.first.map(|(_, ts)| format_timestamp_micros(ts));
+            let mut line = format!(
+                "journal {dir}: {} of {budget} in {} segment(s), changes after {}{}",
+                human_bytes(j.bytes as i64),
+                j.segments,
+                j.start_lsn,
+                oldest
+                    .as_ref()
+                    .map(|t| format!(", oldest event {t}"))
+                    .unwrap_or_default()
+            );
+            if full {
+                line.push_str(" — FULL: the source waits, the slot holds WAL");
+            }
+            (
+                json!({
+                    "type": "disk", "path": dir.to_string(), "bytes": j.bytes,
+                    "max_bytes": config.max_bytes, "segments": j.segments,
+                    "start_lsn": j.start_lsn.to_string(), "oldest": oldest, "full": full,
+                    "first": j.first.map(|(p, _)| p.to_string()),
+                    "last": j.last.map(|(p, _)| p.to_string()),
+                }),
+                vec![line],
+            )
+        }
+        Ok(None) => (
+            json!({"type": "disk", "path": dir.to_string(), "bytes": 0}),
+            vec![format!("journal {dir}: not created yet")],
+        ),
+        Err(e) => (
+            json!({"type": "disk", "path": dir.to_string(), "error": e.to_string()}),
+            vec![format!("journal: {e}")],
+        ),
     }
 }
 

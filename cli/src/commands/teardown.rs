@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use sluice_runtime::config::JournalKind;
 use sluice_runtime::state::{DeadLetters, DlqFilter, Offsets, SqliteStore};
 
 use super::runtime;
@@ -45,6 +46,17 @@ pub async fn run(path: &Path, drop_dlq: bool) -> Result<(), Failure> {
             let deleted = store.dlq_purge(&DlqFilter::default()).map_err(runtime)?;
             println!("deleted {deleted} parked event(s) (--drop-dlq)");
         }
+    }
+    // The journal holds changes of a slot that is gone: nothing can resume from it.
+    let journal = &pipeline.journal.path;
+    if pipeline.journal.kind == JournalKind::Disk && journal.exists() {
+        std::fs::remove_dir_all(journal).map_err(|e| {
+            runtime(format!(
+                "cannot delete the journal {}: {e}",
+                journal.display()
+            ))
+        })?;
+        println!("deleted the journal {}", journal.display());
     }
     if !upstream.for_admin.is_empty() {
         println!(

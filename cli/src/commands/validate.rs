@@ -3,10 +3,11 @@
 //! admin port, and every sink. It says OK only when `run` would get past its start.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use sluice_runtime::config::{ConfigError, Pipeline};
+use sluice_runtime::config::{ConfigError, JournalKind, Pipeline};
+use sluice_runtime::units::human_bytes;
 
 use crate::registry::build_sinks;
 use crate::Failure;
@@ -105,6 +106,11 @@ async fn check(path: &Path, connect: bool, lines: &mut Vec<String>) -> Result<()
             .map_err(|e| Failure::Runtime(e.to_string()))?,
     );
     lines.push(check_state(&pipeline).map_err(Failure::Runtime)?);
+    let held = connector
+        .held_log_limit()
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    lines.push(check_journal(&pipeline, held).map_err(Failure::Runtime)?);
     if let Some(addr) = pipeline.admin {
         lines.push(check_admin(addr).await.map_err(Failure::Runtime)?);
     }
@@ -137,7 +143,22 @@ fn check_state(pipeline: &Pipeline) -> Result<String, String> {
             .map_err(|e| says(e, state))?;
         return Ok(format!("state: {} is writable", state.display()));
     }
-    let mut dir = state.parent().unwrap_or(Path::new("."));
+    let dir = writable_ancestor(state).map_err(|(e, dir)| says(e, &dir))?;
+    Ok(format!(
+        "state: {} can be created (in {})",
+        state.display(),
+        dir.display()
+    ))
+}
+
+/// The nearest existing folder of `path` (itself included), after a probe file was
+/// written there and removed.
+fn writable_ancestor(path: &Path) -> Result<PathBuf, (std::io::Error, PathBuf)> {
+    let mut dir = if path.is_dir() {
+        path
+    } else {
+        path.parent().unwrap_or(Path::new("."))
+    };
     while !dir.as_os_str().is_empty() && !dir.exists() {
         dir = dir.parent().unwrap_or(Path::new("."));
     }
@@ -147,13 +168,56 @@ fn check_state(pipeline: &Pipeline) -> Result<String, String> {
         dir
     };
     let probe = dir.join(format!(".sluice-validate-{}", std::process::id()));
-    std::fs::write(&probe, b"").map_err(|e| says(e, dir))?;
+    std::fs::write(&probe, b"").map_err(|e| (e, dir.to_path_buf()))?;
     let _ = std::fs::remove_file(&probe);
-    Ok(format!(
-        "state: {} can be created (in {})",
-        state.display(),
-        dir.display()
-    ))
+    Ok(dir.to_path_buf())
+}
+
+/// A disk journal's folder can be written, and what happens when it fills: the source
+/// pauses and the upstream keeps its log for sluice, up to its limit (`held`).
+fn check_journal(
+    pipeline: &Pipeline,
+    held: Option<(String, Option<u64>)>,
+) -> Result<String, String> {
+    let journal = &pipeline.journal;
+    if journal.kind == JournalKind::Memory {
+        return Ok(
+            "journal: in memory; the slot keeps what the slowest sink has not \
+                   finished (a sink that is down holds WAL on the server)"
+                .into(),
+        );
+    }
+    let dir = writable_ancestor(&journal.path).map_err(|(e, dir)| {
+        format!(
+            "journal: {} cannot be written ({e}); the slot confirms what is journaled there. \
+             Set `journal.path` to a writable folder on durable storage",
+            dir.display()
+        )
+    })?;
+    let budget = human_bytes(journal.max_bytes as i64);
+    let place = if journal.path.is_dir() {
+        "is writable".to_string()
+    } else {
+        format!("can be created (in {})", dir.display())
+    };
+    let mut line = format!(
+        "journal: {} {place}; a sink may fall {budget} behind (journal.max_bytes) before the \
+         source pauses",
+        journal.path.display(),
+    );
+    match held {
+        Some((setting, Some(limit))) => line.push_str(&format!(
+            "; then the server keeps at most {} of WAL ({setting}) before it invalidates the \
+             slot, and the pipeline must be rebuilt. Keep an eye on `sluice_journal_full`",
+            human_bytes(limit as i64)
+        )),
+        Some((setting, None)) => line.push_str(&format!(
+            "; then the server keeps WAL without limit ({setting} = -1): its disk fills while \
+             the journal is full. Watch `sluice_journal_full`, or set {setting}"
+        )),
+        None => {}
+    }
+    Ok(line)
 }
 
 /// The admin address is free to listen on.

@@ -14,14 +14,13 @@
 //!     on_truncate: delete_all
 //! ```
 
-use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use sluice_runtime::config::{duration, Secret};
 use sluice_runtime::registry::{FieldError, SinkConfig};
+pub use sluice_runtime::units::ByteSize;
 use sluice_runtime::Sink;
 
 use crate::ElasticsearchSink;
@@ -222,73 +221,6 @@ impl TlsConfig {
             ca_file: Some(path.into()),
             insecure_skip_verify: false,
         }
-    }
-}
-
-/// A number of bytes, written as a number or with a unit: `512`, `64KiB`, `5MiB`, `1GiB`
-/// (also `KB`, `MB`, `GB` for powers of 1000).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// Parse `5MiB`, `512 KiB`, `1000`, with an error that shows the accepted forms.
-    pub fn parse(text: &str) -> Result<ByteSize, String> {
-        let bad = || format!("`{text}` is not a size; write it like 512KiB, 5MiB or 1000000");
-        let trimmed = text.trim();
-        let split = trimmed
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(trimmed.len());
-        let (digits, unit) = trimmed.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| bad())?;
-        let scale: u64 = match unit.trim() {
-            "" | "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            _ => return Err(bad()),
-        };
-        n.checked_mul(scale).map(ByteSize).ok_or_else(bad)
-    }
-}
-
-impl fmt::Display for ByteSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&sluice_runtime::units::human_bytes(
-            i64::try_from(self.0).unwrap_or(i64::MAX),
-        ))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct SizeVisitor;
-
-        impl Visitor<'_> for SizeVisitor {
-            type Value = ByteSize;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a size such as 512KiB, 5MiB or a number of bytes")
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
-                Ok(ByteSize(v))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v)
-                    .map(ByteSize)
-                    .map_err(|_| E::custom(format!("`{v}` is not a size; it must not be negative")))
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                ByteSize::parse(v).map_err(E::custom)
-            }
-        }
-
-        d.deserialize_any(SizeVisitor)
     }
 }
 

@@ -10,6 +10,9 @@
 //!   outbox: { table: public.outbox }
 //!   messages: [orders]
 //!   snapshot: never
+//!   on_rename: follow              # follow | stop
+//!   ddl_events: false              # schema changes of captured tables as events
+//!   streaming: true                # stream large transactions before their commit
 //! ```
 
 use serde::Deserialize;
@@ -40,6 +43,34 @@ pub struct PostgresConfig {
     pub messages: Vec<String>,
     /// `initial`: copy `tables` consistently before streaming; `never` (default): stream only.
     pub snapshot: Snapshot,
+    /// What to do when a captured table is renamed or moved to another schema: `follow`
+    /// (default) goes on capturing it under its new name, `stop` ends the pipeline there.
+    pub on_rename: OnRename,
+    /// `true`: schema changes of captured tables (`ALTER TABLE`, `CREATE TABLE` of a
+    /// dropped one, `DROP TABLE`) become `op: event` envelopes of type `schema_change`,
+    /// placed in the stream before the first row of the new shape. Needs the DDL event
+    /// trigger sluice installs when the role may (a superuser). Default `false`.
+    pub ddl_events: bool,
+    /// `true` (default): on PostgreSQL 14 and later, large transactions are streamed while
+    /// they run, staged on disk beside the state store, and delivered at their commit, so
+    /// neither sluice's memory nor the server's disk grows with a transaction's size.
+    /// Ignored (with one log line) on an older server.
+    pub streaming: bool,
+}
+
+/// `source.on_rename:` what a rename (or a move to another schema) of a captured table does.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRename {
+    /// Go on capturing the table under its new name: `source.schema` and `source.table`
+    /// (and so `{schema}` and `{table}` in templates) carry the new name from the rename
+    /// on, and a `table_renamed` notice says so (the default).
+    #[default]
+    Follow,
+    /// End the pipeline with an error naming the old and the new name, before any change
+    /// made under the new name is delivered; nothing after the rename is confirmed to the
+    /// slot, so the next start (with `follow`, or the new name in `tables`) loses nothing.
+    Stop,
 }
 
 /// `source.outbox:`: rows inserted into an outbox table are captured from the WAL (never
@@ -91,6 +122,16 @@ struct Raw {
     messages: Vec<String>,
     #[serde(default)]
     snapshot: Snapshot,
+    #[serde(default)]
+    on_rename: OnRename,
+    #[serde(default)]
+    ddl_events: bool,
+    #[serde(default = "streaming_default")]
+    streaming: bool,
+}
+
+fn streaming_default() -> bool {
+    true
 }
 
 impl PostgresConfig {
@@ -123,6 +164,16 @@ impl PostgresConfig {
                     "a message prefix cannot be empty",
                 ));
             }
+            if m == "sluice" || m.starts_with(crate::ddl::RESERVED_PREFIX) {
+                return Err(section.error(
+                    &format!("messages[{i}]"),
+                    format!(
+                        "`{m}` is reserved: prefixes starting with `{}` carry sluice's own \
+                         messages (schema changes) and are never delivered as user messages",
+                        crate::ddl::RESERVED_PREFIX
+                    ),
+                ));
+            }
         }
         Ok(PostgresConfig {
             url: raw.url,
@@ -132,6 +183,9 @@ impl PostgresConfig {
             outbox: raw.outbox,
             messages: raw.messages,
             snapshot: raw.snapshot,
+            on_rename: raw.on_rename,
+            ddl_events: raw.ddl_events,
+            streaming: raw.streaming,
         })
     }
 
@@ -146,6 +200,9 @@ impl PostgresConfig {
             tables: self.tables.iter().map(table).collect(),
             outbox: self.outbox.as_ref().map(|o| table(&o.table)),
             messages: self.messages.clone(),
+            on_rename: self.on_rename,
+            ddl_events: self.ddl_events,
+            streaming: self.streaming,
         }
     }
 }

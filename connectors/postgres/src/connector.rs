@@ -1,6 +1,9 @@
 //! The `postgres` source type as the command line sees it: built from the `source:`
 //! section, checked by `validate --connect`, prepared by `run` (slot, publication, the
-//! cluster the state store belongs to), described by `status`, torn down by `teardown`.
+//! cluster the state store belongs to, the captured tables' identities, the DDL event
+//! trigger), described by `status`, torn down by `teardown`.
+
+use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
@@ -11,10 +14,13 @@ use sluice_runtime::units::human_bytes;
 use sluice_runtime::{Lsn, SourceError};
 
 use crate::config::{PostgresConfig, Snapshot};
+use crate::ddl::{self, Trigger};
 use crate::options::PostgresOptions;
+use crate::publication::{self, Missing};
 use crate::replication::ReplicationConnection;
-use crate::setup::{self, SetupError};
-use crate::source::PostgresSource;
+use crate::setup::{self, SetupError, STREAMING_VERSION};
+use crate::source::{PostgresSource, Prepared};
+use crate::tables::{self, Identity};
 
 /// The registry's builder for `type: postgres`.
 pub fn build(section: &SourceSection) -> Result<Box<dyn SourceConnector>, ConfigError> {
@@ -31,6 +37,7 @@ pub fn build(section: &SourceSection) -> Result<Box<dyn SourceConnector>, Config
     }))
 }
 
+/// `type: postgres` for the command line.
 pub struct PostgresConnector {
     options: PostgresOptions,
 }
@@ -42,6 +49,21 @@ impl PostgresConnector {
 
     pub fn options(&self) -> &PostgresOptions {
         &self.options
+    }
+
+    /// The options with each captured table under its name in the catalog now (a table
+    /// renamed while sluice was stopped is found by its remembered OID).
+    fn current(&self, identities: &[Identity]) -> PostgresOptions {
+        let now = |t: &crate::TableRef| {
+            identities
+                .iter()
+                .find(|i| &i.configured == t)
+                .map_or_else(|| t.clone(), |i| i.current.clone())
+        };
+        let mut o = self.options.clone();
+        o.tables = self.options.tables.iter().map(now).collect();
+        o.outbox = self.options.outbox.as_ref().map(now);
+        o
     }
 
     /// The state store belongs to one PostgreSQL cluster: offsets from another cluster's
@@ -77,10 +99,45 @@ fn failed(e: SetupError) -> SourceError {
     SourceError::fatal(e)
 }
 
+/// One line naming the captured tables a publication lacks.
+fn missing_line(publication: &str, missing: &[Missing]) -> String {
+    format!(
+        "postgres: publication {publication} lacks captured table(s) {}; `sluice run` adds them back \
+         when the role may, and changes made while a table is missing are not captured",
+        missing
+            .iter()
+            .map(Missing::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
 #[async_trait]
 impl SourceConnector for PostgresConnector {
     fn summary(&self) -> String {
         format!("{} table(s)", self.options.tables.len())
+    }
+
+    async fn held_log_limit(&self) -> Result<Option<(String, Option<u64>)>, SourceError> {
+        let client = setup::connect(&self.options.url).await.map_err(failed)?;
+        let row = client
+            .query_one(
+                "select setting::bigint, coalesce(unit, '') from pg_settings \
+                  where name = 'max_slot_wal_keep_size'",
+                &[],
+            )
+            .await
+            .map_err(|e| SourceError::fatal(format!("cannot read max_slot_wal_keep_size: {e}")))?;
+        let (setting, unit): (i64, String) = (row.get(0), row.get(1));
+        let scale: u64 = match unit.as_str() {
+            "kB" => 1 << 10,
+            "8kB" => 8 << 10,
+            "MB" => 1 << 20,
+            "GB" => 1 << 30,
+            _ => 1,
+        };
+        let limit = (setting >= 0).then(|| setting as u64 * scale);
+        Ok(Some(("max_slot_wal_keep_size".into(), limit)))
     }
 
     async fn check(&self) -> Result<Vec<String>, SourceError> {
@@ -99,16 +156,52 @@ impl SourceConnector for PostgresConnector {
         let rights = setup::check_rights(&client, &self.options)
             .await
             .map_err(failed)?;
-        Ok(vec![
+        let mut lines = vec![
             format!(
                 "postgres: wal_level=logical, tables present, replication allowed (cluster {})",
                 system.system_id
             ),
             format!("postgres: {rights}"),
-        ])
+        ];
+        let missing = publication::missing(&client, &self.options)
+            .await
+            .map_err(failed)?;
+        if !missing.is_empty() {
+            lines.push(missing_line(&self.options.publication, &missing));
+        }
+        lines.push(match ddl::trigger(&client).await.map_err(failed)? {
+            Trigger::Installed => "postgres: the DDL event trigger is installed (renames and drops are \
+                                   noticed in the DDL's own transaction)"
+                .to_string(),
+            Trigger::Missing { .. } => format!(
+                "postgres: the DDL event trigger is not installed; `run` installs it when the role is a \
+                 superuser, else prints the SQL for an administrator (without it renames are noticed at \
+                 the next change and drops by a periodic check{})",
+                if self.options.ddl_events {
+                    ", and ddl_events: true delivers nothing"
+                } else {
+                    ""
+                }
+            ),
+        });
+        let version = setup::server_version(&client).await.map_err(failed)?;
+        if self.options.streaming {
+            lines.push(match version >= STREAMING_VERSION {
+                true => "postgres: large transactions are streamed before their commit (protocol 2)".into(),
+                false => format!(
+                    "postgres: server version {version} cannot stream transactions in progress (14 or \
+                     later can): large transactions are decoded at their commit"
+                ),
+            });
+        }
+        Ok(lines)
     }
 
-    async fn prepare(&self, store: &Store) -> Result<Box<dyn Source>, SourceError> {
+    async fn prepare(
+        &self,
+        store: &Store,
+        work_dir: &Path,
+    ) -> Result<Box<dyn Source>, SourceError> {
         let has_offsets = !store
             .run(|s| s.offsets())
             .await
@@ -116,18 +209,98 @@ impl SourceConnector for PostgresConnector {
             .is_empty();
         self.check_cluster(store, has_offsets).await?;
         let client = setup::connect(&self.options.url).await.map_err(failed)?;
-        setup::prepare(&client, &self.options, has_offsets)
+        let identities = tables::resolve(&client, store, &self.options)
             .await
             .map_err(failed)?;
-        Ok(Box::new(PostgresSource::new(self.options.clone())))
+        let current = self.current(&identities);
+        // What the publication lacks before it is completed: a table captured by an
+        // earlier run that left it (dropped and created again while sluice was stopped).
+        let left = match has_offsets {
+            true => publication::missing(&client, &current)
+                .await
+                .map_err(failed)?,
+            false => Vec::new(),
+        };
+        setup::prepare(&client, &current, has_offsets)
+            .await
+            .map_err(failed)?;
+        if let Trigger::Missing { sql } = ddl::ensure_trigger(&client).await.map_err(failed)? {
+            tracing::warn!(
+                "the DDL event trigger is not installed and this role may not create it (it takes a \
+                 superuser): a rename of a captured table is noticed at its next change, a table dropped \
+                 and created again by a check every few seconds{}. An administrator can install it with:\n{sql}",
+                if self.options.ddl_events {
+                    ", and ddl_events: true delivers no schema change until it is installed"
+                } else {
+                    ""
+                }
+            );
+        }
+        tables::remember(store, &identities).await.map_err(failed)?;
+        let source = PostgresSource::new(
+            self.options.clone(),
+            Prepared {
+                identities: identities.clone(),
+                work_dir: work_dir.to_path_buf(),
+                store: store.clone(),
+            },
+        );
+        let left: Vec<&Missing> = left
+            .iter()
+            .filter(|m| {
+                m.exists
+                    && identities
+                        .iter()
+                        .any(|i| i.current == m.table && i.remembered.is_some())
+            })
+            .collect();
+        if !left.is_empty() {
+            let at = setup::current_wal_lsn(&client).await.map_err(failed)?;
+            let status = source.status();
+            for m in left {
+                status.notice(
+                    "publication_gap",
+                    format!(
+                        "captured table {} was not in publication {} when sluice started (dropped and \
+                         created again, or taken out of it, while sluice was stopped); sluice added it back \
+                         at LSN {at}. Its changes from a moment before this run to LSN {at} may not have \
+                         been captured: copy them with `sluice backfill <the file of pipeline {}> --table {}`",
+                        m.table, self.options.publication, self.options.pipeline, m.table
+                    ),
+                );
+            }
+        }
+        Ok(Box::new(source))
     }
 
     async fn describe(&self) -> UpstreamReport {
-        let slot = match setup::connect(&self.options.url).await {
-            Ok(client) => setup::slot_status(&client, &self.options.slot).await,
-            Err(e) => Err(e),
+        let client = setup::connect(&self.options.url).await;
+        let slot = match &client {
+            Ok(client) => setup::slot_status(client, &self.options.slot).await,
+            Err(e) => Err(SetupError::Check(e.to_string())),
         };
         let mut report = UpstreamReport::default();
+        if let Ok(client) = &client {
+            match publication::missing(client, &self.options).await {
+                Ok(missing) => {
+                    if !missing.is_empty() {
+                        report
+                            .lines
+                            .push(missing_line(&self.options.publication, &missing));
+                    }
+                    report.json.insert(
+                        "publication_missing".into(),
+                        json!(missing
+                            .iter()
+                            .map(|m| m.table.to_string())
+                            .collect::<Vec<_>>()),
+                    );
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot compare the publication with source.tables")
+                }
+            }
+        }
         match slot {
             Ok(s) => {
                 report.position = s.current_wal_lsn.parse::<Lsn>().ok();
@@ -164,8 +337,16 @@ impl SourceConnector for PostgresConnector {
 
     async fn teardown(&self) -> Result<Teardown, SourceError> {
         let client = setup::connect(&self.options.url).await.map_err(failed)?;
-        setup::teardown(&client, &self.options.slot, &self.options.publication)
+        let mut report = setup::teardown(&client, &self.options.slot, &self.options.publication)
             .await
-            .map_err(failed)
+            .map_err(failed)?;
+        if ddl::trigger(&client).await.map_err(failed)?.is_installed() {
+            report.done.push(format!(
+                "left the DDL event trigger in place: it serves every sluice pipeline of this database \
+                 (once none is left, a superuser can remove it with: {})",
+                ddl::UNINSTALL
+            ));
+        }
+        Ok(report)
     }
 }

@@ -1,15 +1,21 @@
 //! From pgoutput messages to envelopes: the relation cache, key extraction, TOAST
-//! handling, the outbox and logical messages.
+//! handling, the outbox, logical messages, and the source's own DDL messages (renames
+//! followed, drops dated, `schema_change` events).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use sluice_runtime::journal::Entry;
+use sluice_runtime::source::SourceStatus;
 use sluice_runtime::{Event, Lsn, Message, Op, Position, Row, Source, Value};
 use tokio_postgres::Client;
 
+use crate::config::OnRename;
+use crate::ddl::{DdlCommand, DDL_PREFIX, RESERVED_PREFIX};
 use crate::options::{PostgresOptions, TableRef};
 use crate::pgoutput::{LogicalMessage, OldTuple, TupleValue};
+use crate::publication::Watch;
+use crate::tables::{CapturedTables, Identity, Rename, Role};
 use crate::types::{Kind, TypeRegistry};
 use crate::values::convert_tuple_value;
 
@@ -31,20 +37,19 @@ pub enum BuildError {
     },
     #[error("{0} outside a transaction")]
     NoTransaction(&'static str),
-    #[error("streamed transactions were not requested but the server sent {0}")]
+    #[error("{0} reached the event builder; the source handles streamed transactions itself")]
     Streaming(&'static str),
+    #[error(
+        "captured table {} was renamed to {} (the new name appears in the transaction committed at {}), \
+         and source.on_rename is `stop`: the pipeline stops before any change made under the new name \
+         is delivered, and nothing after the rename is confirmed to the slot. To go on, set \
+         `on_rename: follow` (events then carry the new name, and templates using {{schema}} or \
+         {{table}} render it), or list {} in source.tables instead of {}",
+        .0.from, .0.to, .0.at, .0.to, .0.configured
+    )]
+    Renamed(Box<Rename>),
     #[error("catalog lookup: {}", crate::setup::describe(.0))]
     Catalog(#[from] tokio_postgres::Error),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    /// A captured table: its changes become events.
-    Table,
-    /// The outbox: inserts become `op: event`, the rest is ignored.
-    Outbox,
-    /// Published but not captured by this pipeline.
-    Ignored,
 }
 
 struct Column {
@@ -73,25 +78,40 @@ struct Transaction {
 /// Turns pgoutput messages into journal entries.
 pub struct EventBuilder {
     pipeline: Arc<str>,
-    tables: HashSet<TableRef>,
-    outbox: Option<TableRef>,
+    /// The captured tables (and the outbox), followed by OID through renames.
+    tables: CapturedTables,
     messages: HashSet<String>,
+    on_rename: OnRename,
+    ddl_events: bool,
     relations: HashMap<u32, Relation>,
     types: TypeRegistry,
     tx: Option<Transaction>,
+    /// Where notices go (a rename followed).
+    status: Arc<SourceStatus>,
+    /// Told about drops and creations the DDL trigger reports.
+    watch: Option<Arc<Watch>>,
 }
 
 impl EventBuilder {
-    pub fn new(o: &PostgresOptions) -> Self {
+    /// A builder for the tables of `o`, with the OIDs [`crate::tables::resolve`] found.
+    pub fn new(o: &PostgresOptions, identities: &[Identity], status: Arc<SourceStatus>) -> Self {
         EventBuilder {
             pipeline: o.pipeline.as_str().into(),
-            tables: o.tables.iter().cloned().collect(),
-            outbox: o.outbox.clone(),
+            tables: CapturedTables::new(o, identities),
             messages: o.messages.iter().cloned().collect(),
+            on_rename: o.on_rename,
+            ddl_events: o.ddl_events,
             relations: HashMap::new(),
             types: TypeRegistry::builtin(),
             tx: None,
+            status,
+            watch: None,
         }
+    }
+
+    /// Tell `watch` about drops and creations of captured tables the DDL trigger reports.
+    pub fn watch(&mut self, watch: Arc<Watch>) {
+        self.watch = Some(watch);
     }
 
     /// A new replication session resends Relation messages; forget the old ones and any
@@ -148,13 +168,12 @@ impl EventBuilder {
                 ..
             } => {
                 let table = TableRef::new(namespace, name);
-                let role = if self.outbox.as_ref() == Some(&table) {
-                    Role::Outbox
-                } else if self.tables.contains(&table) {
-                    Role::Table
-                } else {
-                    Role::Ignored
-                };
+                let commit_lsn = self.tx.as_ref().map_or(lsn, |t| t.commit_lsn);
+                let described = self.tables.describe(rel_id, &table, commit_lsn);
+                if let Some(rename) = described.renamed {
+                    self.renamed(rename)?;
+                }
+                let role = described.role;
                 let mut cols = Vec::with_capacity(columns.len());
                 for c in &columns {
                     let kind = match self.types.kind(c.type_oid) {
@@ -275,6 +294,13 @@ impl EventBuilder {
                 } else {
                     (Position::new(msg_lsn, 0), None, msg_lsn, now_micros())
                 };
+                if prefix.starts_with(RESERVED_PREFIX) {
+                    // sluice's own: never a user message.
+                    if transactional && prefix == DDL_PREFIX {
+                        self.ddl(&content, position, msg_lsn, out)?;
+                    }
+                    return Ok(());
+                }
                 if !self.messages.contains(&prefix) {
                     return Ok(());
                 }
@@ -307,6 +333,89 @@ impl EventBuilder {
             LogicalMessage::StreamAbort { .. } => {
                 return Err(BuildError::Streaming("Stream Abort"))
             }
+        }
+        Ok(())
+    }
+
+    /// A captured table has a new name: follow it (with a notice) or stop, as configured.
+    fn renamed(&self, r: Rename) -> Result<(), BuildError> {
+        if self.on_rename == OnRename::Stop {
+            return Err(BuildError::Renamed(Box::new(r)));
+        }
+        let was = if r.from == r.configured {
+            String::new()
+        } else {
+            format!(" (listed in source.tables as {})", r.configured)
+        };
+        self.status.notice(
+            "table_renamed",
+            format!(
+                "captured table {}{was} was renamed to {} (from the transaction committed at {} on): \
+                 it is still captured, and its events now carry source.schema `{}` and source.table \
+                 `{}`, so templates using {{schema}} or {{table}} (an index, a topic, a key) render \
+                 the new name. List {} in source.tables to make the new name the configured one",
+                r.from, r.to, r.at, r.to.schema, r.to.name, r.to
+            ),
+        );
+        Ok(())
+    }
+
+    /// A `sluice.ddl` message (the DDL trigger's) at `position`: follow a rename, tell the
+    /// watch of a drop or a creation, and deliver a `schema_change` event when asked.
+    fn ddl(
+        &mut self,
+        content: &[u8],
+        position: Position,
+        lsn: Lsn,
+        out: &mut Vec<Entry>,
+    ) -> Result<(), BuildError> {
+        let Some(cmd) = DdlCommand::parse(content) else {
+            tracing::debug!(%position, "a sluice.ddl message this build does not read; ignored");
+            return Ok(());
+        };
+        let Some(tx) = self.tx.as_ref() else {
+            return Err(BuildError::NoTransaction("DDL message"));
+        };
+        let (commit_lsn, xid, ts) = (tx.commit_lsn, tx.xid, tx.ts);
+        let role = if cmd.is_drop() {
+            // A dropped table is known by its OID only (its name is free again).
+            let Some((configured, role)) = self.tables.configured_of(cmd.objid) else {
+                return Ok(());
+            };
+            if let Some(watch) = &self.watch {
+                watch.dropped(configured, commit_lsn);
+            }
+            role
+        } else {
+            let name = TableRef::new(cmd.schema.clone(), cmd.table.clone());
+            let described = self.tables.describe(cmd.objid, &name, commit_lsn);
+            if let Some(rename) = described.renamed {
+                self.renamed(rename)?;
+            }
+            if cmd.is_create() && described.role != Role::Ignored {
+                if let Some(watch) = &self.watch {
+                    watch.created();
+                }
+            }
+            described.role
+        };
+        tracing::debug!(
+            tag = %cmd.command_tag,
+            table = %cmd.object_identity,
+            role = ?role,
+            "schema change in the stream"
+        );
+        if self.ddl_events && role == Role::Table {
+            let source = Source {
+                pipeline: self.pipeline.clone(),
+                schema: Some(cmd.schema.as_str().into()),
+                table: Some(cmd.table.as_str().into()),
+                lsn,
+                commit_lsn,
+                xid: Some(xid),
+                ts_micros: ts,
+            };
+            push(out, cmd.event(position, source));
         }
         Ok(())
     }

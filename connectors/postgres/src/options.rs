@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::config::OnRename;
+
 /// A schema-qualified table name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TableRef {
@@ -10,6 +12,7 @@ pub struct TableRef {
 }
 
 impl TableRef {
+    /// `schema.name`, as given (unquoted).
     pub fn new(schema: impl Into<String>, name: impl Into<String>) -> Self {
         TableRef {
             schema: schema.into(),
@@ -33,6 +36,7 @@ impl fmt::Display for TableRef {
     }
 }
 
+/// The source's settings, from [`crate::PostgresConfig::options`].
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
     pub pipeline: String,
@@ -45,6 +49,12 @@ pub struct PostgresOptions {
     pub outbox: Option<TableRef>,
     /// `pg_logical_emit_message` prefixes captured as events.
     pub messages: Vec<String>,
+    /// What a rename of a captured table does.
+    pub on_rename: OnRename,
+    /// Schema changes of captured tables become `schema_change` events.
+    pub ddl_events: bool,
+    /// Ask PostgreSQL 14+ to stream large transactions before their commit.
+    pub streaming: bool,
 }
 
 impl PostgresOptions {

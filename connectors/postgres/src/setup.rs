@@ -63,7 +63,9 @@ impl SetupError {
     }
 }
 
-fn query_err(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
+pub(crate) fn query_err(
+    what: impl Into<String>,
+) -> impl FnOnce(tokio_postgres::Error) -> SetupError {
     let what = what.into();
     move |source| SetupError::Query { what, source }
 }
@@ -600,6 +602,21 @@ pub async fn slot_status(client: &Client, slot: &str) -> Result<SlotStatus, Setu
         },
     })
 }
+
+/// The server's version as a number (`server_version_num`: 150004 for 15.4).
+pub async fn server_version(client: &Client) -> Result<u32, SetupError> {
+    let text: String = client
+        .query_one("show server_version_num", &[])
+        .await
+        .map_err(query_err("reading the server's version"))?
+        .get(0);
+    text.parse()
+        .map_err(|_| SetupError::Check(format!("server_version_num is not a number: {text}")))
+}
+
+/// The first version whose pgoutput streams transactions in progress (protocol 2) and
+/// sends logical messages on request.
+pub const STREAMING_VERSION: u32 = 140000;
 
 /// The current WAL position of the server.
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn, SetupError> {

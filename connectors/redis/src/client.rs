@@ -184,7 +184,7 @@ impl Client {
                 let what = if i == 0 {
                     "answered PING with"
                 } else {
-                    "refused to load sluice's cache script"
+                    "refused to load sluice's script"
                 };
                 return Err(format!(
                     "redis at {} {what}: {}",

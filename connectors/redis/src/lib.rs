@@ -9,22 +9,30 @@
 //! derived from its position, so Redis itself refuses a replayed event.
 //!
 //! - [`config`]: the sink's keys in a pipeline file;
-//! - [`sink`]: [`RedisSink`], one pipeline per batch segment, answers per event;
-//! - `cache`: cache mode, one script call per event, truncates;
-//! - `stream`: stream mode, one XADD per event;
+//! - [`sink`]: [`RedisSink`], batches encoded on the engine's task, run in order, answers
+//!   per event;
+//! - `order`: the chain that runs batches in flight in order, and the gate that keeps
+//!   later batches behind a failed one;
+//! - `batch`: a batch as steps (segments of script calls, truncates) and how they run;
+//! - `cache`: cache mode, many rows per script call;
+//! - `truncate`: cache mode's `on_truncate: delete`;
+//! - `stream`: stream mode, a stream's entries per script call, stopping at a failure;
 //! - `client`: the managed connection, timeouts, script loading;
 //! - `retry`: what a Redis error means for delivery;
-//! - `encode`: fences, stream ids, documents and hash fields;
+//! - `encode`: fences, stream ids, and arguments written straight into commands;
 //! - [`template`]: key and stream name templates.
 
+mod batch;
 mod cache;
 mod client;
 pub mod config;
 mod encode;
+mod order;
 mod retry;
 pub mod sink;
 mod stream;
 pub mod template;
+mod truncate;
 
 pub use config::RedisConfig;
 pub use sink::RedisSink;

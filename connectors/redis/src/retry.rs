@@ -39,8 +39,24 @@ const CLUSTER_CODES: &[&str] = &["MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"];
 
 /// The delivery an error reply to the command writing `what` means.
 pub(crate) fn reply_error(error: &ServerError, what: &str) -> Delivery {
-    let code = error.code();
-    let mut reason = format!("redis refused {what}: {}", reply_text(error));
+    classify(error.code(), &reply_text(error), what)
+}
+
+/// The delivery an error that a script caught for one row or entry means. `text` is the
+/// error as the script saw it: `OOM command not allowed ...`, `WRONGTYPE Operation ...`,
+/// or a message of the script's own (without a code: a permanent error).
+pub(crate) fn script_error(text: &str, what: &str) -> Delivery {
+    classify(error_code(text).unwrap_or("ERR"), text, what)
+}
+
+/// The code an error text starts with: its first word, when it is in capitals.
+fn error_code(text: &str) -> Option<&str> {
+    let word = text.split(' ').next()?;
+    (!word.is_empty() && word.bytes().all(|b| b.is_ascii_uppercase())).then_some(word)
+}
+
+fn classify(code: &str, text: &str, what: &str) -> Delivery {
+    let mut reason = format!("redis refused {what}: {text}");
     if CLUSTER_CODES.contains(&code) {
         reason.push_str(
             " (Redis Cluster is not supported: point `url` at a standalone server or a primary)",
@@ -133,6 +149,28 @@ mod tests {
         match reply_error(&server_error("MOVED 3999 127.0.0.1:6381"), "x") {
             Delivery::Retry { reason, .. } => assert!(reason.contains("Cluster is not supported")),
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_caught_by_a_script_are_classified_by_their_code() {
+        let oom = script_error(
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "x",
+        );
+        assert!(matches!(oom, Delivery::Retry { .. }), "{oom:?}");
+        match script_error("WRONGTYPE Operation against a key", "`items:1`") {
+            Delivery::Rejected { reason } => assert_eq!(
+                reason,
+                "redis refused `items:1`: WRONGTYPE Operation against a key"
+            ),
+            other => panic!("{other:?}"),
+        }
+        for text in ["the stored value is not a JSON object", "Oops", ""] {
+            assert!(
+                matches!(script_error(text, "x"), Delivery::Rejected { .. }),
+                "{text}"
+            );
         }
     }
 

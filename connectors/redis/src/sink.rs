@@ -1,181 +1,268 @@
-//! [`RedisSink`]: the engine's [`Sink`] over one Redis connection.
+//! [`RedisSink`]: the engine's [`Sink`] over one Redis connection, with several batches in
+//! flight.
 //!
-//! A batch is cut at its barriers (truncates) into segments. Each segment becomes one
-//! pipeline, its commands in batch order: Redis runs a connection's commands in the order
-//! they arrive, so per-key order holds without lanes, and a batch costs one round trip
-//! (plus one per truncate). A segment is sent only after the one before it was wholly
-//! delivered; after a failure everything later is deferred. The answers finally pass
-//! through [`lanes::settle_bulk`], which defers the events of a key that follow its failed
-//! event (the fences make the engine's resend of those harmless).
+//! [`Sink::send`] encodes a batch on the engine's task (cut at its truncates into
+//! segments, each segment into script calls, see [`crate::batch`]) and hands it to the
+//! sink's chain ([`crate::order`]): a task per batch that runs after the batch before it
+//! finished, so Redis applies batches in stream order on one connection while the engine
+//! encodes the next ones. A segment's calls go in one pipeline, one round trip; a segment
+//! is sent only after the one before it was wholly delivered, and after a failure
+//! everything later is deferred. The answers finally pass through
+//! [`lanes::settle_bulk`], which defers the events of a key that follow its failed event.
 
-use std::collections::HashSet;
 use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use redis::Value;
+use sluice_runtime::sink::Pending;
 use sluice_runtime::{lanes, Delivery, Event, Sink};
 
-use crate::cache::{self, Cache};
+use crate::batch::{run_rounds, Call, Step, Work};
+use crate::cache::{Cache, Notes};
 use crate::client::{Client, Lua};
-use crate::config::{RedisConfig, Settings};
-use crate::stream::{self, Stream};
-use crate::RedisConfigError;
+use crate::config::{OnTruncate, RedisConfig, Settings};
+use crate::order::{place, Chain, Gate, Ticket, BEHIND_A_RETRY};
+use crate::stream::Stream;
+use crate::template::table_name;
+use crate::{truncate, RedisConfigError};
+
+/// How many batches the sink has in flight: one runs on the server while the engine
+/// reads and encodes the next ones. Measured on a 2-core machine (README,
+/// `benches/throughput.rs`): with the sink alone, 1 to 4 are within noise of each other,
+/// since the server's script time is the limit there; in a pipeline the engine's own work
+/// for the next batches overlaps the round trip, and 3 also covers a batch waiting on a
+/// slow reply.
+pub const MAX_IN_FLIGHT: usize = 3;
 
 /// Writes events to Redis: each row's latest state (cache mode) or every event's envelope
 /// appended to a stream (stream mode).
 ///
-/// - **Ordering**: one pipeline per segment on one connection, commands in batch order, so
-///   Redis applies each key's changes in stream order; a truncate waits for everything
-///   before it and holds back everything after it.
-/// - **Concurrency**: one batch at a time, one pipeline in flight.
+/// - **Ordering**: batches run in the order they are handed over, one at a time, on one
+///   connection; within a batch, script calls apply each key's changes (each stream's
+///   entries) in stream order. A truncate waits for everything before it and holds back
+///   everything after it.
+/// - **Concurrency**: up to [`MAX_IN_FLIGHT`] batches are handed over before the first is
+///   answered; they are encoded at once and sent one after the other. After a batch that
+///   was not wholly delivered, the batches handed over behind it before the engine had its
+///   answers are answered [`Delivery::Retry`] without being sent, until the engine's
+///   resend of the failed events went through: nothing overtakes a failed event.
 /// - **Idempotence**: cache writes carry the event's position and a script applies them
 ///   only over an older one, so replays, retries and late duplicates change nothing and a
 ///   deleted row cannot come back while its tombstone lives. Stream entries have the
 ///   position as id, so Redis refuses a replayed event; it counts as delivered.
 /// - **Failures**: a failed round trip (refused, reset, timed out) answers every event it
-///   carried [`Delivery::Retry`]; an error reply about one command ([`Delivery::Rejected`]
+///   carried [`Delivery::Retry`]; an error about one row or entry ([`Delivery::Rejected`]
 ///   for `WRONGTYPE` or a script error, a retry for a server that is loading, out of memory
-///   or read-only) answers that event only.
+///   or read-only) answers that event only, and the events of its key (its stream) after
+///   it are deferred, not attempted.
 pub struct RedisSink {
-    client: Client,
+    shared: Arc<Shared>,
+    /// What was logged once already (encoding runs on the engine's task).
+    notes: Notes,
+    chain: Chain,
+}
+
+/// What the batches in flight share.
+struct Shared {
     writer: Writer,
+    conn: tokio::sync::Mutex<Conn>,
+}
+
+/// The connection, and the gate that keeps batches behind a failed one.
+struct Conn {
+    client: Client,
+    gate: Gate,
 }
 
 /// The mode's half of the sink.
 enum Writer {
-    Cache(Cache),
+    Cache(Arc<Cache>),
     Stream(Stream),
-}
-
-/// One event of a segment: answered already, or waiting for its reply.
-enum Slot {
-    Done(Delivery),
-    Row(cache::Pending),
-    Entry(stream::Pending),
 }
 
 impl RedisSink {
     /// Validate `config`. Does no I/O: the first batch (or `check`) connects.
     pub fn new(config: RedisConfig) -> Result<Self, RedisConfigError> {
         let writer = match config.settings()? {
-            Settings::Cache(settings) => Writer::Cache(Cache::new(settings)),
+            Settings::Cache(settings) => Writer::Cache(Arc::new(Cache::new(settings))),
             Settings::Stream(settings) => Writer::Stream(Stream::new(settings)),
         };
-        Ok(RedisSink {
+        let conn = Conn {
             client: Client::new(&config.url, config.timeout)?,
-            writer,
+            gate: Gate::default(),
+        };
+        Ok(RedisSink {
+            shared: Arc::new(Shared {
+                writer,
+                conn: tokio::sync::Mutex::new(conn),
+            }),
+            notes: Notes::default(),
+            chain: Chain::default(),
         })
     }
 
-    /// The scripts the mode calls.
-    fn scripts(writer: &Writer) -> Vec<&Lua> {
-        match writer {
-            Writer::Cache(cache) => vec![cache.script()],
-            Writer::Stream(_) => Vec::new(),
+    /// `batch` as steps, with the answers known before anything is sent.
+    fn encode(&mut self, batch: &[Arc<Event>]) -> Work {
+        let mut answers = vec![None; batch.len()];
+        let mut steps = Vec::new();
+        for range in segments(batch) {
+            let barrier = range.len() == 1 && batch[range.start].ordering_key().is_none();
+            match &self.shared.writer {
+                Writer::Cache(cache) if barrier => {
+                    let index = range.start;
+                    match cache.settings.on_truncate {
+                        OnTruncate::Ignore => {
+                            let table = table_name(&batch[index]);
+                            if !self.notes.truncates.contains(&table) {
+                                tracing::info!(
+                                    %table,
+                                    "redis cache: truncate ignored, the table's keys stay \
+                                     (on_truncate: delete removes them)"
+                                );
+                                self.notes.truncates.insert(table);
+                            }
+                            answers[index] = Some(Delivery::Delivered);
+                        }
+                        OnTruncate::Delete => steps.push(Step::DeleteTable {
+                            index,
+                            cache: cache.clone(),
+                        }),
+                    }
+                }
+                Writer::Cache(cache) => {
+                    let calls = cache.encode(batch, range.clone(), &mut answers, &mut self.notes);
+                    steps.push(Step::Calls {
+                        range,
+                        rounds: vec![calls],
+                    });
+                }
+                // A stream is a log: a truncate is appended like any event.
+                Writer::Stream(stream) => {
+                    let rounds = stream.encode(batch, range.clone(), &mut answers);
+                    steps.push(Step::Calls { range, rounds });
+                }
+            }
+        }
+        Work {
+            events: batch.to_vec(),
+            answers,
+            steps,
+        }
+    }
+}
+
+impl Writer {
+    /// The script the mode calls.
+    fn script(&self) -> &Lua {
+        match self {
+            Writer::Cache(cache) => &cache.script,
+            Writer::Stream(stream) => &stream.script,
         }
     }
 
-    /// One segment without barriers, as one pipeline.
-    async fn write_segment(&mut self, events: &[Arc<Event>]) -> Vec<Delivery> {
-        let mut pipe = redis::pipe();
-        let mut slots = Vec::with_capacity(events.len());
-        // Keys with an event that cannot be written: the rest of the key waits for it.
-        let mut failed: HashSet<u64> = HashSet::new();
-        for event in events {
-            let key = event.ordering_key();
-            if key.is_some_and(|k| failed.contains(&k)) {
-                slots.push(Slot::Done(Delivery::Deferred));
+    fn answer(
+        &self,
+        events: &[Arc<Event>],
+        call: &Call,
+        reply: &Value,
+        answers: &mut [Option<Delivery>],
+    ) {
+        match self {
+            Writer::Cache(cache) => cache.answer(events, call, reply, answers),
+            Writer::Stream(stream) => stream.answer(events, call, reply, answers),
+        }
+    }
+}
+
+impl Shared {
+    /// Run a batch's steps on the connection, unless the gate holds it behind a failed
+    /// batch; one answer per event.
+    async fn execute(&self, ticket: Ticket, work: Work) -> Vec<Delivery> {
+        let Work {
+            events,
+            mut answers,
+            steps,
+        } = work;
+        let Some(first) = events.iter().map(|e| place(e)).min() else {
+            return Vec::new();
+        };
+        let mut conn = self.conn.lock().await;
+        let Conn { client, gate } = &mut *conn;
+        if !gate.admits(first, ticket) {
+            return vec![Delivery::retry(BEHIND_A_RETRY); events.len()];
+        }
+        gate.begin(first, ticket);
+        let script = self.writer.script();
+        let mut blocked = false;
+        for step in steps {
+            let range = step.range();
+            if blocked {
+                answers[range].fill(Some(Delivery::Deferred));
                 continue;
             }
-            let slot = match &mut self.writer {
-                Writer::Cache(cache) => cache
-                    .prepare(event, &mut pipe)
-                    .map(|p| p.map_or(Slot::Done(Delivery::Delivered), Slot::Row)),
-                Writer::Stream(stream) => stream.prepare(event, &mut pipe).map(Slot::Entry),
-            };
-            slots.push(slot.unwrap_or_else(|reason| {
-                failed.extend(key);
-                Slot::Done(Delivery::rejected(reason))
-            }));
-        }
-        if pipe.is_empty() {
-            return slots.into_iter().map(done_or_deferred).collect();
-        }
-        let scripts = Self::scripts(&self.writer);
-        let replies = self.client.run(&pipe, &scripts).await;
-        let sent = slots.iter().filter(|s| !matches!(s, Slot::Done(_))).count();
-        let replies = match replies {
-            Ok(replies) if replies.len() == sent => replies,
-            Ok(replies) => {
-                let reason = format!(
-                    "redis at {} answered {} replies to {sent} commands",
-                    self.client.endpoint(),
-                    replies.len()
-                );
-                return retry_sent(slots, &reason);
+            match step {
+                Step::Calls { rounds, .. } => {
+                    run_rounds(
+                        client,
+                        &[script],
+                        rounds,
+                        &mut answers,
+                        |call, reply, answers| self.writer.answer(&events, call, reply, answers),
+                    )
+                    .await
+                }
+                Step::DeleteTable { index, cache } => {
+                    answers[index] =
+                        Some(truncate::delete_table(&cache, client, &events[index]).await)
+                }
             }
-            Err(reason) => {
-                tracing::debug!(%reason, events = sent, "redis round trip failed");
-                return retry_sent(slots, &reason);
-            }
-        };
-        let mut replies = replies.iter();
-        let mut answers = Vec::with_capacity(slots.len());
-        for slot in slots {
-            answers.push(match slot {
-                Slot::Done(delivery) => delivery,
-                Slot::Row(pending) => match (&self.writer, replies.next()) {
-                    (Writer::Cache(cache), Some(reply)) => cache.answer(&pending, reply),
-                    _ => Delivery::retry("a reply is missing"),
-                },
-                Slot::Entry(pending) => match (&self.writer, replies.next()) {
-                    (Writer::Stream(stream), Some(reply)) => stream.answer(&pending, reply),
-                    _ => Delivery::retry("a reply is missing"),
-                },
-            });
+            blocked = answers[range]
+                .iter()
+                .any(|a| !a.as_ref().is_some_and(Delivery::is_delivered));
         }
+        let answers = answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Delivery::Deferred))
+            .collect();
+        let answers = lanes::settle_bulk(&events, answers);
+        gate.finish(ticket, events.iter().map(|e| &**e), &answers);
         answers
-    }
-
-    /// A barrier segment: a truncate.
-    async fn write_barrier(&mut self, event: &Arc<Event>) -> Vec<Delivery> {
-        match &mut self.writer {
-            Writer::Cache(cache) => vec![cache.truncate(&mut self.client, event).await],
-            // A stream is a log: the truncate is appended like any event.
-            Writer::Stream(_) => self.write_segment(std::slice::from_ref(event)).await,
-        }
     }
 }
 
 #[async_trait]
 impl Sink for RedisSink {
     async fn write(&mut self, batch: &[Arc<Event>]) -> Vec<Delivery> {
-        let mut answers = Vec::with_capacity(batch.len());
-        let mut blocked = false;
-        for range in segments(batch) {
-            let events = &batch[range];
-            let got = if blocked {
-                vec![Delivery::Deferred; events.len()]
-            } else if events.len() == 1 && events[0].ordering_key().is_none() {
-                self.write_barrier(&events[0]).await
-            } else {
-                self.write_segment(events).await
-            };
-            blocked = got.iter().any(|d| !d.is_delivered());
-            answers.extend(got);
+        self.send(batch).await.await
+    }
+
+    fn max_in_flight(&self) -> usize {
+        MAX_IN_FLIGHT
+    }
+
+    /// Encodes the batch now and runs it after the batches handed over before it.
+    async fn send(&mut self, batch: &[Arc<Event>]) -> Pending {
+        if batch.is_empty() {
+            return Box::pin(std::future::ready(Vec::new()));
         }
-        lanes::settle_bulk(batch, answers)
+        let work = self.encode(batch);
+        let shared = self.shared.clone();
+        self.chain.hand_over(batch.len(), move |ticket| async move {
+            shared.execute(ticket, work).await
+        })
     }
 
-    /// Connects and sends PING within `timeout`; in cache mode also loads the script
-    /// (which proves the server runs Lua scripts for this user).
+    /// Connects and sends PING within `timeout`, and loads the mode's script (which proves
+    /// the server runs Lua scripts for this user).
     async fn check(&mut self) -> Result<(), String> {
-        let scripts = Self::scripts(&self.writer);
-        self.client.check(&scripts).await
+        let mut conn = self.shared.conn.lock().await;
+        conn.client.check(&[self.shared.writer.script()]).await
     }
 
+    /// Drops the connection, once the batch running (if any) is done.
     async fn close(&mut self) {
-        self.client.close();
+        self.shared.conn.lock().await.client.close();
     }
 }
 
@@ -196,24 +283,6 @@ fn segments(batch: &[Arc<Event>]) -> Vec<Range<usize>> {
         out.push(start..batch.len());
     }
     out
-}
-
-/// Every sent event of a failed round trip retried with `reason`.
-fn retry_sent(slots: Vec<Slot>, reason: &str) -> Vec<Delivery> {
-    slots
-        .into_iter()
-        .map(|slot| match slot {
-            Slot::Done(delivery) => delivery,
-            Slot::Row(_) | Slot::Entry(_) => Delivery::retry(reason),
-        })
-        .collect()
-}
-
-fn done_or_deferred(slot: Slot) -> Delivery {
-    match slot {
-        Slot::Done(delivery) => delivery,
-        Slot::Row(_) | Slot::Entry(_) => Delivery::Deferred,
-    }
 }
 
 #[cfg(test)]

@@ -184,6 +184,19 @@ impl Template {
     /// previous key of a row whose key changed).
     pub fn render_with_key(&self, event: &Event, key: Option<&Row>) -> Result<String, RenderError> {
         let mut out = String::with_capacity(self.text.len() + 16);
+        self.render_into(event, key, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Template::render_with_key`], appended to `out` (which keeps what it held): a
+    /// caller that renders many events reuses one buffer. On an error, `out` may hold
+    /// part of the rendering.
+    pub fn render_into(
+        &self,
+        event: &Event,
+        key: Option<&Row>,
+        out: &mut String,
+    ) -> Result<(), RenderError> {
         for part in &self.parts {
             match part {
                 Part::Literal(text) => out.push_str(text),
@@ -208,7 +221,7 @@ impl Template {
                         if i > 0 {
                             out.push(':');
                         }
-                        out.push_str(&required(&column.value, || format!("key.{}", column.name))?);
+                        push_required(&column.value, out, || format!("key.{}", column.name))?;
                     }
                 }
                 Part::KeyColumn(name) => {
@@ -226,7 +239,7 @@ impl Template {
                             .collect::<Vec<_>>()
                             .join(", "),
                     })?;
-                    out.push_str(&required(value, || format!("key.{name}"))?);
+                    push_required(value, out, || format!("key.{name}"))?;
                 }
                 Part::EventType | Part::AggregateType => {
                     let placeholder = if *part == Part::EventType {
@@ -248,11 +261,11 @@ impl Template {
                     } else {
                         &message.aggregate_type
                     };
-                    out.push_str(&required(value, || placeholder.to_string())?);
+                    push_required(value, out, || placeholder.to_string())?;
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -286,14 +299,26 @@ pub fn value_text(value: &Value) -> Option<Cow<'_, str>> {
     })
 }
 
-/// A placeholder's value, which may not be NULL.
-fn required(
+/// Append a placeholder's value, which may not be NULL, to `out`.
+fn push_required(
     value: &Value,
+    out: &mut String,
     placeholder: impl FnOnce() -> String,
-) -> Result<Cow<'_, str>, RenderError> {
-    value_text(value).ok_or_else(|| RenderError::Null {
-        placeholder: placeholder(),
-    })
+) -> Result<(), RenderError> {
+    match value {
+        Value::Null => {
+            return Err(RenderError::Null {
+                placeholder: placeholder(),
+            })
+        }
+        Value::Text(text) => out.push_str(text),
+        Value::Int(i) => {
+            use fmt::Write as _;
+            write!(out, "{i}").expect("a String takes any text");
+        }
+        other => out.push_str(&value_text(other).expect("only NULL has no text")),
+    }
+    Ok(())
 }
 
 fn placeholder(name: &str) -> Result<Part, TemplateError> {

@@ -622,3 +622,214 @@ async fn check_connects_and_loads_the_script() {
     );
     assert!(!e.contains("hunter2"), "{e}");
 }
+
+#[tokio::test]
+async fn a_fence_that_is_not_a_position_rejects_that_row_only() {
+    let redis = Redis::start();
+    let mut conn = common::connect(&redis).await;
+    let _: () = redis::cmd("SET")
+        .arg("items:1:sluice")
+        .arg("not a position")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut sink = common::sink(&redis, json!({}));
+    // One script call: the row's error is its own.
+    let batch = [
+        item(Op::Insert, 0x100, 0, 1, 1),
+        item(Op::Insert, 0x100, 1, 2, 2),
+        item(Op::Update, 0x100, 2, 1, 3),
+    ];
+    let answers = common::answers(&mut sink, &batch).await;
+    match &answers[0] {
+        Delivery::Rejected { reason } => {
+            assert!(reason.contains("`items:1`"), "{reason}");
+            assert!(reason.contains("is not a sluice position"), "{reason}");
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert_eq!(answers[1], Delivery::Delivered, "another key goes on");
+    assert_eq!(answers[2], Delivery::Deferred, "the rest of the key waits");
+    assert_eq!(n_of(&mut conn, "json", 2).await, Some(2));
+    assert_eq!(n_of(&mut conn, "json", 1).await, None, "not attempted");
+}
+
+#[tokio::test]
+async fn events_deferred_behind_a_rejection_hold_back_only_batches_already_handed_over() {
+    let redis = Redis::start();
+    let mut conn = common::connect(&redis).await;
+    let _: () = redis::cmd("SET")
+        .arg("items:1:sluice")
+        .arg("not a position")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut sink = common::sink(&redis, json!({}));
+    let first = [
+        item(Op::Insert, 0x100, 0, 1, 1),
+        item(Op::Update, 0x100, 1, 1, 2),
+    ];
+    let second = [item(Op::Insert, 0x200, 0, 2, 1)];
+    // Handed over before the first batch's answers are in: the second waits for the
+    // engine's resend of the deferred update.
+    let first_answers = sink.send(&first).await;
+    let second_answers = sink.send(&second).await;
+    let first_answers = first_answers.await;
+    assert!(
+        matches!(first_answers[0], Delivery::Rejected { .. }),
+        "{first_answers:?}"
+    );
+    assert_eq!(first_answers[1], Delivery::Deferred);
+    let second_answers = second_answers.await;
+    assert!(
+        matches!(&second_answers[0], Delivery::Retry { reason, .. } if reason.contains("earlier batch")),
+        "{second_answers:?}"
+    );
+    assert_eq!(n_of(&mut conn, "json", 2).await, None);
+
+    // Handed over once the engine has the answers: it chose what to send next. With
+    // `dlq.on_key: hold` it parks the deferred update behind the rejected insert and never
+    // sends it again, so the sink must not wait for it.
+    assert_eq!(write(&mut sink, &second).await, ["delivered"]);
+    assert_eq!(n_of(&mut conn, "json", 2).await, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn under_the_driver_a_held_key_does_not_hold_the_sink() {
+    use sluice_runtime::config::{DeliveryConfig, OnKey};
+    use sluice_runtime::journal::Entry;
+    use sluice_runtime::state::{SqliteStore, Store};
+    use sluice_runtime::Lsn;
+    use std::time::Duration;
+
+    let redis = Redis::start();
+    let mut conn = common::connect(&redis).await;
+    let _: () = redis::cmd("SET")
+        .arg("items:1:sluice")
+        .arg("not a position")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Row 1 is rejected and its update deferred, then held by the engine (never sent
+    // again); rows 2 to 11 come in later batches.
+    let mut events = vec![
+        item(Op::Insert, 0x100, 0, 1, 1),
+        item(Op::Update, 0x100, 1, 1, 2),
+    ];
+    events.extend((0..10).map(|i| item(Op::Insert, 0x200, i, i64::from(i) + 2, 7)));
+    let mut entries = Vec::new();
+    for lsn in [0x100, 0x200] {
+        let tx = events.iter().filter(|e| e.position.commit_lsn.0 == lsn);
+        entries.extend(tx.map(|e| Entry::event((**e).clone())));
+        entries.push(Entry::Commit {
+            commit_lsn: Lsn(lsn),
+            end_lsn: Lsn(lsn + 0x80),
+        });
+    }
+    let mut delivery = DeliveryConfig::default();
+    delivery.batch.max_events = 2;
+    delivery.batch.max_wait = Duration::ZERO;
+    delivery.retry.initial = Duration::from_millis(10);
+    delivery.retry.max = Duration::from_millis(50);
+    delivery.retry.max_elapsed = Duration::from_secs(3);
+    delivery.dlq.on_key = OnKey::Hold;
+    delivery.dlq.max_ratio = 1.0;
+    let store = Store::new(SqliteStore::in_memory());
+    let sink = common::sink(&redis, json!({}));
+    let (mut driver, journal, progress) = testing::driver(common::boxed(sink), delivery, &store);
+    journal.append(entries).await;
+    journal.close();
+    tokio::time::timeout(Duration::from_secs(30), driver.run())
+        .await
+        .expect("the driver finishes")
+        .expect("the sink does not stop");
+    let (_, offset) = progress.sinks()[0].take_dirty().expect("an offset");
+    assert_eq!(offset.position, events.last().unwrap().position);
+    for id in 2..12 {
+        assert_eq!(n_of(&mut conn, "json", id).await, Some(7), "row {id}");
+    }
+    assert_eq!(n_of(&mut conn, "json", 1).await, None);
+}
+
+#[tokio::test]
+async fn a_batch_larger_than_one_call_keeps_each_keys_order() {
+    for format in FORMATS {
+        let redis = Redis::start();
+        let mut conn = common::connect(&redis).await;
+        let mut sink = common::sink(&redis, json!({ "format": format }));
+        // 400 keys, each written three times far apart: more rows than one call takes.
+        let mut batch = Vec::new();
+        for round in 0..3i64 {
+            for id in 0..400i64 {
+                let index = (round * 400 + id) as u32;
+                let op = if round == 0 { Op::Insert } else { Op::Update };
+                batch.push(item(op, 0x100, index, id, round));
+            }
+        }
+        let answers = write(&mut sink, &batch).await;
+        assert!(answers.iter().all(|a| *a == "delivered"), "{format}");
+        for id in [0, 1, 255, 256, 399] {
+            assert_eq!(
+                n_of(&mut conn, format, id).await,
+                Some(2),
+                "{format}: row {id}"
+            );
+        }
+        // A key change ties its old and new keys, written in different calls before.
+        let mut batch: Vec<Arc<Event>> = (0..300)
+            .map(|id| item(Op::Update, 0x200, id as u32 + 1, id + 4, 5))
+            .collect();
+        let mut moved = change(
+            "items",
+            Op::Update,
+            0x200,
+            301,
+            300,
+            &[("n", Value::Int(7))],
+        );
+        moved.before = Some(row(&[("id", Value::Int(4))]));
+        batch.push(Arc::new(moved));
+        batch.push(item(Op::Update, 0x200, 302, 4, 9));
+        let answers = write(&mut sink, &batch).await;
+        assert!(answers.iter().all(|a| *a == "delivered"), "{format}");
+        assert_eq!(n_of(&mut conn, format, 300).await, Some(7), "{format}");
+        assert_eq!(
+            n_of(&mut conn, format, 4).await,
+            Some(9),
+            "{format}: written again after the move"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_call_refused_whole_answers_every_row_it_carried() {
+    let redis = Redis::start();
+    let mut conn = common::connect(&redis).await;
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("noscripts")
+        .arg("on")
+        .arg(">pw")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-evalsha")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let config = json!({ "url": format!("redis://noscripts:pw@127.0.0.1:{}", redis.port) });
+    let mut sink = sluice_redis::RedisSink::new(serde_json::from_value(config).unwrap()).unwrap();
+    let batch = [
+        item(Op::Insert, 0x100, 0, 1, 1),
+        item(Op::Insert, 0x100, 1, 2, 2),
+    ];
+    for answer in common::answers(&mut sink, &batch).await {
+        match answer {
+            Delivery::Retry { reason, .. } => {
+                assert!(reason.contains("NOPERM"), "{reason}");
+                assert!(!reason.contains("pw@"), "{reason}");
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+    }
+    assert!(dump(&mut conn).await.is_empty());
+}

@@ -56,6 +56,16 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     if !s.source.is_streaming() {
         problems.push("source: the replication slot is not streaming".to_string());
     }
+    if let Some(j) = s.journal.disk_status() {
+        if j.full {
+            problems.push(
+                "journal: full (journal.max_bytes); the source waits for the slowest sink".into(),
+            );
+        }
+        if let Some(failure) = j.failure {
+            problems.push(format!("journal: {failure}"));
+        }
+    }
     for sink in s.progress.sinks() {
         if let Some(reason) = sink.stopped() {
             problems.push(format!("sink {}: stopped: {reason}", sink.name));
@@ -152,11 +162,52 @@ fn families(s: &AdminState, depths: &[(String, i64)]) -> Vec<Family> {
             kind: Kind::Gauge(one(src.acknowledged().0 as f64)),
         },
         Family {
+            name: "source_notices",
+            help:
+                "Notices the source raised (a captured table renamed, a gap in capture), by kind.",
+            kind: Kind::Counter(
+                src.notice_counts
+                    .snapshot()
+                    .into_iter()
+                    .map(|(kind, n)| (telemetry::with_label(&Labels::new(), "kind", kind), n))
+                    .collect(),
+            ),
+        },
+        Family {
             name: "journal_events",
-            help: "Entries held in the journal.",
+            help: "Entries held in the journal's memory.",
             kind: Kind::Gauge(one(s.journal.len() as f64)),
         },
     ];
+    if let Some(j) = s.journal.disk_status() {
+        out.extend([
+            Family {
+                name: "journal_bytes",
+                help: "Bytes of journal segments on disk.",
+                kind: Kind::Gauge(one(j.bytes as f64)),
+            },
+            Family {
+                name: "journal_max_bytes",
+                help: "The journal's budget (journal.max_bytes); at it the source pauses.",
+                kind: Kind::Gauge(one(j.max_bytes as f64)),
+            },
+            Family {
+                name: "journal_segments",
+                help: "Journal segment files on disk.",
+                kind: Kind::Gauge(one(j.segments as f64)),
+            },
+            Family {
+                name: "journal_full",
+                help: "1 while the journal is at journal.max_bytes and the source waits (the slot then holds WAL).",
+                kind: Kind::Gauge(one(j.full as u8 as f64)),
+            },
+            Family {
+                name: "journal_durable_lsn",
+                help: "The end LSN of the last transaction the journal made durable (what the slot may confirm).",
+                kind: Kind::Gauge(one(j.synced.end_lsn.0 as f64)),
+            },
+        ]);
+    }
     let sinks: Vec<(&Arc<SinkProgress>, ReaderId, Labels)> = p
         .sinks()
         .iter()
@@ -414,13 +465,32 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
             })
         })
         .collect();
+    let journal = match s.journal.disk_status() {
+        Some(j) => json!({
+            "type": "disk",
+            "bytes": j.bytes,
+            "max_bytes": j.max_bytes,
+            "segments": j.segments,
+            "full": j.full,
+            "durable_lsn": j.synced.end_lsn.to_string(),
+            "oldest": j.oldest_ts.map(crate::event::format_timestamp_micros),
+            "failure": j.failure,
+        }),
+        None => json!({ "type": "memory", "entries": s.journal.len() }),
+    };
     Json(json!({
         "pipeline": s.pipeline,
+        "journal": journal,
         "source": {
             "streaming": s.source.is_streaming(),
             "received_lsn": s.source.received().to_string(),
             "confirmed_lsn": s.source.acknowledged().to_string(),
             "events": p.events_read.load(Relaxed),
+            "notices": s.source.notices().iter().map(|n| json!({
+                "kind": n.kind,
+                "message": n.message,
+                "at": humantime::format_rfc3339_micros(n.at).to_string(),
+            })).collect::<Vec<_>>(),
         },
         "sinks": sinks,
     }))

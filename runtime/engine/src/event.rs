@@ -255,10 +255,10 @@ impl Event {
     /// A hash of what orders this event: table and key. Events with equal ordering keys
     /// must reach a sink in stream order; different keys may be delivered concurrently.
     /// Keyless rows share their table's ordering key, so they stay in order. `None` marks a
-    /// barrier (a truncate): everything before it must take effect first, everything after
-    /// it afterwards. See [`crate::lanes::plan`].
+    /// barrier (a truncate, or a table's `schema_change` event): everything before it must
+    /// take effect first, everything after it afterwards. See [`crate::lanes::plan`].
     pub fn ordering_key(&self) -> Option<u64> {
-        if self.op == Op::Truncate {
+        if self.op == Op::Truncate || self.is_schema_change() {
             return None;
         }
         let mut h = Fnv1a::default();
@@ -275,6 +275,18 @@ impl Event {
             (None, None) => {}
         }
         Some(h.finish())
+    }
+}
+
+impl Event {
+    /// A table's schema change made an event by the source (`event.type` `schema_change`,
+    /// `aggregate_type` `table`): the rows after it have the new shape.
+    pub fn is_schema_change(&self) -> bool {
+        self.op == Op::Event
+            && self.message.as_ref().is_some_and(|m| {
+                m.kind == Value::Text("schema_change".into())
+                    && m.aggregate_type == Value::Text("table".into())
+            })
     }
 }
 
@@ -543,6 +555,22 @@ mod tests {
         );
         let truncate = Event::new(Position::new(Lsn(1), 0), Op::Truncate, source());
         assert_eq!(truncate.ordering_key(), None);
+        // A table's schema change is a barrier too; an application's event is keyed.
+        let event = |kind: &str, aggregate_type: &str| {
+            let mut e = Event::new(Position::new(Lsn(1), 0), Op::Event, source());
+            e.message = Some(Message {
+                id: Value::Null,
+                kind: Value::Text(kind.into()),
+                aggregate_type: Value::Text(aggregate_type.into()),
+                aggregate_id: Value::Text("public.orders".into()),
+                payload: Value::Null,
+                headers: Value::Null,
+            });
+            e.ordering_key()
+        };
+        assert_eq!(event("schema_change", "table"), None);
+        assert!(event("schema_change", "order").is_some());
+        assert!(event("OrderPaid", "table").is_some());
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! every sink has made everything durable, acknowledge once more.
 //!
 //! Acknowledgements come from a task of their own ([`AckTask`]), which the journal, the
-//! sinks and the state store can never block: it acknowledges what every sink has made
-//! durable ([`Progress::confirmable_lsn`]) as soon as that advances, at least every
-//! acknowledgement interval, and at once when the upstream asks.
+//! sinks and the state store can never block: it acknowledges what may be forgotten
+//! upstream as soon as that advances, at least every acknowledgement interval, and at once
+//! when the upstream asks. With a memory journal that is what every sink has made durable
+//! ([`Progress::confirmable_lsn`]); with a disk journal, what the journal made durable
+//! (recorded in the state store first, so a lost journal is noticed at the next start).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use crate::lsn::{Lsn, Position};
 use crate::progress::Progress;
 use crate::shutdown::Shutdown;
 use crate::source::{Ack, Acknowledger, Batch, Checkpoint, Source, SourceError, SourceStatus};
+use crate::state::Store;
 
 /// The first wait before reconnecting; it doubles up to [`RECONNECT_MAX`].
 const RECONNECT_MIN: Duration = Duration::from_millis(200);
@@ -34,6 +37,11 @@ pub(crate) struct Feed {
     /// A resumed sink needs what the journal no longer holds: end the session and open
     /// again at the checkpoint (the sinks skip what they already have).
     pub rewind: Arc<Notify>,
+    /// The last event already in the journal: what the source sends again up to it is
+    /// dropped.
+    pub last: Position,
+    /// Disk journal: where the acknowledged position is recorded before it is sent.
+    pub store: Option<Store>,
 }
 
 /// How a session ended.
@@ -57,17 +65,14 @@ impl Feed {
         let status = self.source.status();
         // After a reconnect the upstream resends from the checkpoint: drop what was
         // appended already.
-        let mut last = Position::ZERO;
+        let mut last = self.last;
         let mut delay = RECONNECT_MIN;
         loop {
             if self.shutdown.is_draining() {
                 // Shut down while disconnected: nothing more to acknowledge.
                 return Ok(());
             }
-            let checkpoint = Checkpoint {
-                resume: self.progress.resume_lsn(),
-                last: self.progress.last_committed(),
-            };
+            let checkpoint = self.checkpoint(last);
             let opened = tokio::select! {
                 opened = self.source.open(checkpoint) => opened,
                 _ = self.shutdown.draining() => return Ok(()),
@@ -111,6 +116,20 @@ impl Feed {
         }
     }
 
+    /// Where the source resumes: after what the disk journal made durable, or after what
+    /// every sink made durable.
+    fn checkpoint(&self, last: Position) -> Checkpoint {
+        let sinks = self.progress.resume_lsn();
+        let resume = match self.journal.synced() {
+            Some(synced) if synced.borrow().end_lsn > Lsn::ZERO => synced.borrow().end_lsn,
+            _ => sinks,
+        };
+        Checkpoint {
+            resume,
+            last: self.progress.last_committed().max(last),
+        }
+    }
+
     /// One session: read and append until shutdown (then drain) or a failure.
     async fn session(
         &mut self,
@@ -124,6 +143,7 @@ impl Feed {
             self.journal.clone(),
             self.source.status(),
             self.ack_interval,
+            self.store.clone(),
         );
         // One shutdown future for the session, not one per batch (this is the hot loop).
         let draining = self.shutdown.draining();
@@ -151,8 +171,12 @@ impl Feed {
         // Draining: no more input; wait until every sink has made everything durable (or
         // stopped), then acknowledge that.
         self.journal.close();
+        let head = self.journal.head();
         tokio::select! {
-            _ = self.progress.settled(self.journal.head()) => {}
+            _ = async {
+                self.journal.wait_synced(head).await;
+                self.progress.settled(head).await;
+            } => {}
             _ = self.shutdown.aborting() => {}
         }
         acks.finish().await;
@@ -204,7 +228,11 @@ struct AckTask {
     progress: Arc<Progress>,
     journal: Arc<Journal>,
     status: Arc<SourceStatus>,
+    store: Option<Store>,
 }
+
+/// With a disk journal, acknowledgements follow the journal's fsyncs, at most this often.
+const DURABLE_ACK_EVERY: Duration = Duration::from_millis(200);
 
 impl AckTask {
     fn spawn(
@@ -213,22 +241,27 @@ impl AckTask {
         journal: Arc<Journal>,
         status: Arc<SourceStatus>,
         interval: Duration,
+        store: Option<Store>,
     ) -> Self {
         let stop = Arc::new(Notify::new());
         let task = {
-            let (stop, progress, journal, status) = (
+            let (stop, progress, journal, status, store) = (
                 stop.clone(),
                 progress.clone(),
                 journal.clone(),
                 status.clone(),
+                store.clone(),
             );
             tokio::spawn(async move {
                 let mut durable = progress.durable_changes();
+                let disk = journal.is_durable();
                 let mut sent = Lsn::ZERO;
+                let mut recorded = Lsn::ZERO;
                 let mut next = tokio::time::Instant::now() + interval;
                 loop {
                     let due = tokio::select! {
                         _ = tokio::time::sleep_until(next) => true,
+                        _ = tokio::time::sleep(DURABLE_ACK_EVERY), if disk => false,
                         _ = acker.requested() => true,
                         changed = durable.changed() => {
                             if changed.is_err() {
@@ -242,6 +275,12 @@ impl AckTask {
                     // A durable change that moves nothing waits for the interval.
                     if !due && ack.through <= sent {
                         continue;
+                    }
+                    if let Some(store) = &store {
+                        if ack.through > recorded && !record_acked(store, ack.through).await {
+                            continue;
+                        }
+                        recorded = recorded.max(ack.through);
                     }
                     if let Err(e) = acker.ack(ack).await {
                         tracing::debug!(error = %e, "acknowledgement failed; the reader will reconnect");
@@ -259,6 +298,7 @@ impl AckTask {
             progress,
             journal,
             status,
+            store,
         }
     }
 
@@ -272,6 +312,11 @@ impl AckTask {
         self.stop.notify_one();
         if let Ok(Some(acker)) = self.task.await {
             let ack = current(&self.progress, &self.journal);
+            if let Some(store) = &self.store {
+                if !record_acked(store, ack.through).await {
+                    return;
+                }
+            }
             match acker
                 .finish(Ack {
                     caught_up: false,
@@ -289,10 +334,44 @@ impl AckTask {
     }
 }
 
+/// What may be acknowledged now. Memory journal: what every sink made durable. Disk
+/// journal: also what the journal made durable (and, once it is durable through the
+/// source's last idle mark, the server's WAL end then).
 fn current(progress: &Progress, journal: &Journal) -> Ack {
+    let sinks = progress.confirmable_lsn();
+    let Some(synced) = journal.synced() else {
+        return Ack {
+            through: sinks,
+            caught_up: progress.all_durable(journal.head()),
+        };
+    };
+    let synced = *synced.borrow();
+    let mut through = sinks.max(synced.end_lsn);
+    if let Some((seq, wal_end)) = progress.idle_mark() {
+        if seq <= synced.seq {
+            through = through.max(wal_end);
+        }
+    }
     Ack {
-        through: progress.confirmable_lsn(),
-        caught_up: progress.all_durable(journal.head()),
+        through,
+        caught_up: synced.seq >= journal.head(),
+    }
+}
+
+/// Record in the state store that the slot is about to be confirmed through `through` on
+/// the strength of the disk journal; `false` (logged) when it cannot be recorded, and then
+/// nothing is confirmed.
+async fn record_acked(store: &Store, through: Lsn) -> bool {
+    let value = through.to_string();
+    match store
+        .run(move |s| s.set_meta(crate::engine::JOURNAL_ACKED, &value))
+        .await
+    {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot record the acknowledged position; the slot is not confirmed meanwhile");
+            false
+        }
     }
 }
 

@@ -8,7 +8,19 @@ use std::fmt;
 use std::str::FromStr;
 
 /// A PostgreSQL WAL location, printed the way Postgres prints it (`16/B374D848`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Lsn(pub u64);
 
 impl Lsn {
@@ -39,7 +51,19 @@ impl FromStr for Lsn {
 
 /// Where an event stands in the stream: its transaction's commit LSN, then its index
 /// within that transaction (from 0). Totally ordered; unique per event.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Position {
     pub commit_lsn: Lsn,
     pub index: u32,

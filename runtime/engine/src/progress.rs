@@ -103,6 +103,26 @@ impl SinkProgress {
         self.state.lock().unwrap().offset
     }
 
+    /// The sink starts reading the journal at `seq`: what is before it counts as finished.
+    pub fn start_at(&self, seq: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.done_seq = seq;
+        s.durable_seq = seq;
+    }
+
+    /// An operator moved the sink back to `offset` (already committed to the state store),
+    /// to read the journal again from `seq`.
+    pub fn rewind_to(&self, seq: u64, offset: Offset) {
+        let mut s = self.state.lock().unwrap();
+        s.offset = offset;
+        s.durable = offset;
+        s.done_seq = seq;
+        s.durable_seq = seq;
+        s.dirty = false;
+        drop(s);
+        self.changed.send_modify(|n| *n += 1);
+    }
+
     /// Record that every journal entry before `done_seq` is finished, up to `offset`.
     pub fn advance(&self, done_seq: u64, offset: Offset) {
         let mut s = self.state.lock().unwrap();
@@ -270,6 +290,17 @@ impl Progress {
     /// The source entered a transaction: the idle mark no longer describes the present.
     pub fn clear_idle(&self) {
         *self.idle.lock().unwrap() = None;
+    }
+
+    /// Every sink (stopped ones included) has durably finished the journal before this.
+    pub fn min_durable_seq(&self) -> u64 {
+        self.sinks.iter().map(|s| s.durable().0).min().unwrap_or(0)
+    }
+
+    /// The last idle mark: the journal head when the source saw the server idle, and the
+    /// server's WAL end then.
+    pub fn idle_mark(&self) -> Option<(u64, Lsn)> {
+        self.idle.lock().unwrap().map(|m| (m.seq, m.wal_end))
     }
 
     /// Whether every sink has durably finished everything in the journal up to `head`.

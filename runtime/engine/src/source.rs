@@ -10,9 +10,11 @@
 //! line needs of it (`validate --connect`, `run`'s set-up, `status`, `teardown`), so the
 //! command line names no source's own types.
 
+use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use serde_json::Value;
@@ -160,9 +162,49 @@ pub struct SourceStatus {
     pub reconnects: AtomicU64,
     /// The last position acknowledged to the upstream.
     pub acknowledged: AtomicU64,
+    /// What an operator should know, newest last ([`SourceStatus::notice`]).
+    notices: Mutex<VecDeque<Notice>>,
+    /// Notices raised in this run, by kind.
+    pub notice_counts: crate::telemetry::Tally<&'static str>,
 }
 
+/// Something about the upstream an operator should know: a captured table renamed, a window
+/// in which a table's changes could not be captured. Shown by `/status`, counted by kind in
+/// `sluice_source_notices_total{kind}`, logged as a warning when raised.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Notice {
+    /// A short stable name (`table_renamed`, `publication_gap`): the metric's label.
+    pub kind: &'static str,
+    /// One line for a human, saying what happened and what to do.
+    pub message: String,
+    pub at: SystemTime,
+}
+
+/// How many notices `/status` keeps.
+const NOTICES_KEPT: usize = 50;
+
 impl SourceStatus {
+    /// Raise a notice: log it as a warning, count it, keep it for `/status`.
+    pub fn notice(&self, kind: &'static str, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(kind, "{message}");
+        self.notice_counts.add(kind, 1);
+        let mut notices = self.notices.lock().unwrap();
+        if notices.len() == NOTICES_KEPT {
+            notices.pop_front();
+        }
+        notices.push_back(Notice {
+            kind,
+            message,
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The notices kept, oldest first.
+    pub fn notices(&self) -> Vec<Notice> {
+        self.notices.lock().unwrap().iter().cloned().collect()
+    }
+
     pub fn received(&self) -> Lsn {
         Lsn(self.received.load(Relaxed))
     }
@@ -191,10 +233,21 @@ pub trait SourceConnector: Send + Sync {
     /// was checked, a line each.
     async fn check(&self) -> Result<Vec<String>, SourceError>;
 
+    /// `validate --connect`: what the upstream keeps for sluice while the source pauses
+    /// (a full disk journal), as the setting's name and its limit in bytes (`None`: no
+    /// limit). `Ok(None)` when the upstream has no such setting. Postgres:
+    /// `max_slot_wal_keep_size`.
+    async fn held_log_limit(&self) -> Result<Option<(String, Option<u64>)>, SourceError> {
+        Ok(None)
+    }
+
     /// `run`: check, create what is missing (with the SQL an administrator must run when
     /// the role may not), make sure `store` belongs to this upstream, and return the
-    /// source ready to open.
-    async fn prepare(&self, store: &Store) -> Result<Box<dyn Source>, SourceError>;
+    /// source ready to open. `work_dir` is a directory of the pipeline's own (it exists)
+    /// for files the source stages while it runs, e.g. transactions streamed before their
+    /// commit; what is in it may be discarded between runs.
+    async fn prepare(&self, store: &Store, work_dir: &Path)
+        -> Result<Box<dyn Source>, SourceError>;
 
     /// `status`: the upstream's side as JSON (`slot` for Postgres), its lines for a
     /// terminal, and the upstream's current end (for each sink's lag in bytes).
@@ -231,3 +284,28 @@ pub struct UpstreamReport {
 
 /// How often the engine acknowledges at least, when nothing advances.
 pub const DEFAULT_ACK_INTERVAL: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_counted_by_kind_and_the_newest_are_kept() {
+        let status = SourceStatus::default();
+        for i in 0..NOTICES_KEPT + 5 {
+            status.notice("table_renamed", format!("renamed {i}"));
+        }
+        status.notice("publication_gap", "a gap");
+        let kept = status.notices();
+        assert_eq!(kept.len(), NOTICES_KEPT);
+        assert_eq!(kept.last().unwrap().message, "a gap");
+        assert_eq!(kept[0].message, "renamed 6", "the oldest go first");
+        assert_eq!(
+            status.notice_counts.snapshot(),
+            [
+                ("publication_gap", 1),
+                ("table_renamed", NOTICES_KEPT as u64 + 5)
+            ]
+        );
+    }
+}

@@ -66,7 +66,7 @@ impl Supervisor {
                 driver.close().await;
                 return Err(SinkStop::Breaker(reason));
             }
-            self.resume(&mut driver);
+            self.resume(&mut driver).await;
         }
         let result = loop {
             match driver.run().await {
@@ -74,6 +74,16 @@ impl Supervisor {
                     tracing::info!(sink = %name, "sink drained");
                     self.set_status(&name, "idle", None);
                     break Ok(());
+                }
+                Err(SinkStop::Rewind) => {
+                    if let Err(e) = self.rewind(&mut driver).await {
+                        let reason = format!("cannot rewind: {e}");
+                        tracing::error!(sink = %name, %reason);
+                        driver.progress.stop(reason.clone());
+                        self.journal.detach(driver.reader);
+                        self.set_status(&name, "stopped", Some(&reason));
+                        break Err(SinkStop::Dlq(e));
+                    }
                 }
                 Err(SinkStop::Interrupted) => {
                     tracing::warn!(sink = %name, "sink interrupted by the shutdown timeout; its offset is kept");
@@ -93,7 +103,7 @@ impl Supervisor {
                     if !self.wait_for_operator(&name).await {
                         break Err(stop);
                     }
-                    self.resume(&mut driver);
+                    self.resume(&mut driver).await;
                 }
                 Err(stop) => {
                     let reason = stop.to_string();
@@ -138,15 +148,56 @@ impl Supervisor {
         }
     }
 
-    /// Go on from the sink's offset: read the journal again, from a source that sends again
-    /// what the journal no longer holds.
-    fn resume(&self, driver: &mut SinkDriver) {
-        let name = &driver.progress.name;
-        tracing::info!(sink = %name, from = %driver.progress.committed().position, "sink resumed by an operator");
+    /// Go on from the sink's offset: a disk journal still holds everything after it; a
+    /// memory journal reads on from its head while the source sends again what it no
+    /// longer holds.
+    async fn resume(&self, driver: &mut SinkDriver) {
+        let name = driver.progress.name.clone();
+        let committed = driver.progress.committed();
+        tracing::info!(sink = %name, from = %committed.position, "sink resumed by an operator");
         driver.progress.resume();
-        driver.reader = self.journal.register();
-        self.set_status(name, "running", None);
-        self.rewind.notify_one();
+        let seq = match self.journal.is_durable() {
+            true => match self
+                .journal
+                .seek(committed.position, committed.flush_lsn)
+                .await
+            {
+                Ok(seq) => seq,
+                Err(e) => {
+                    tracing::error!(sink = %name, error = %e, "cannot find the sink's offset in the journal; it reads on from the head");
+                    self.journal.head()
+                }
+            },
+            false => self.journal.head(),
+        };
+        self.journal.reattach(driver.reader, seq);
+        driver.progress.start_at(seq);
+        if !self.journal.is_durable() {
+            // Attached first, so it reads what the source sends again.
+            self.rewind.notify_one();
+        }
+        self.set_status(&name, "running", None);
+    }
+
+    /// An operator asked for the sink to be delivered again from an earlier offset: make
+    /// it the committed one and read the journal from there.
+    async fn rewind(&self, driver: &mut SinkDriver) -> Result<(), crate::state::StateError> {
+        let name = driver.progress.name.clone();
+        let sink = name.clone();
+        let Some(offset) = self.store.run(move |s| s.apply_rewind(&sink)).await? else {
+            return Ok(());
+        };
+        let seq = match self.journal.seek(offset.position, offset.flush_lsn).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                tracing::error!(sink = %name, error = %e, "cannot find the rewind's point in the journal; the sink reads on from the head");
+                self.journal.head()
+            }
+        };
+        driver.progress.rewind_to(seq, offset);
+        self.journal.reattach(driver.reader, seq);
+        tracing::warn!(sink = %name, after = %offset.position, "sink rewound by an operator: delivering again from the journal");
+        Ok(())
     }
 
     fn set_status(&self, sink: &str, state: &str, reason: Option<&str>) {

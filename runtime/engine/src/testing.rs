@@ -54,7 +54,7 @@ pub fn driver(
     delivery: DeliveryConfig,
     store: &Store,
 ) -> (SinkDriver, Arc<Journal>, Arc<Progress>) {
-    let journal = Journal::new(1024);
+    let journal = Journal::memory(1024);
     let progress = Progress::new(vec![("s".into(), Offset::default())]);
     let driver = SinkDriver {
         sink,

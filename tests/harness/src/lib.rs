@@ -3,7 +3,9 @@
 //! scenarios in `tests/` and by the demo in `examples/demo`.
 
 pub mod elasticsearch;
+pub mod kafka;
 pub mod postgres;
+pub mod rabbitmq;
 pub mod receiver;
 pub mod redis;
 pub mod sluice;

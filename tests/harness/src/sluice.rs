@@ -47,6 +47,8 @@ pub struct Sluice {
     log: PathBuf,
     runs: u32,
     env: Vec<(String, String)>,
+    /// Extra arguments of `sluice run` for the next starts.
+    pub run_args: Vec<String>,
 }
 
 impl Sluice {
@@ -69,6 +71,7 @@ impl Sluice {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            run_args: Vec::new(),
         };
         s.restart();
         s
@@ -85,6 +88,7 @@ impl Sluice {
             .unwrap();
         let child = Command::new(bin())
             .args(["run", self.pipeline.to_str().unwrap()])
+            .args(&self.run_args)
             .current_dir(&self.dir)
             .env("SLUICE_LOG", "info,sluice_postgres=debug")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -162,6 +162,60 @@ fn source_rules() {
 }
 
 #[test]
+fn schema_change_and_streaming_keys() {
+    let s = source(BASE);
+    assert_eq!(s.on_rename, OnRename::Follow, "follow by default");
+    assert!(!s.ddl_events, "no DDL events by default");
+    assert!(s.streaming, "streaming by default");
+    let o = s.options("orders");
+    assert_eq!(
+        (o.on_rename, o.ddl_events, o.streaming),
+        (OnRename::Follow, false, true)
+    );
+
+    let mut lines = BASE.to_vec();
+    lines.splice(
+        5..5,
+        [
+            "  on_rename: stop",
+            "  ddl_events: true",
+            "  streaming: false",
+        ],
+    );
+    let s = source(&lines);
+    assert_eq!(s.on_rename, OnRename::Stop);
+    assert!(s.ddl_events && !s.streaming);
+    let o = s.options("orders");
+    assert_eq!(
+        (o.on_rename, o.ddl_events, o.streaming),
+        (OnRename::Stop, true, false)
+    );
+
+    let mut lines = BASE.to_vec();
+    lines.insert(5, "  on_rename: skip");
+    let e = fails(&lines, 6, 3, "source.on_rename");
+    assert!(
+        e.message.contains("follow") && e.message.contains("stop"),
+        "{e}"
+    );
+    let mut lines = BASE.to_vec();
+    lines.insert(5, "  streaming: sometimes");
+    fails(&lines, 6, 3, "source.streaming");
+}
+
+#[test]
+fn sluice_message_prefixes_are_reserved() {
+    for prefix in ["sluice.ddl", "sluice.other", "sluice"] {
+        let line = format!("  messages: [orders, {prefix}]");
+        let line: &'static str = Box::leak(line.into_boxed_str());
+        let e = fails(&with(&[(5, line)]), 5, 22, "source.messages[1]");
+        assert!(e.message.contains("reserved"), "{e}");
+    }
+    let s = source(&with(&[(5, "  messages: [sluice_orders, sluicer]")]));
+    assert_eq!(s.messages, ["sluice_orders", "sluicer"]);
+}
+
+#[test]
 fn this_build_refuses_snapshot_initial_at_its_line() {
     let mut lines = BASE.to_vec();
     lines.insert(5, "  snapshot: initial");

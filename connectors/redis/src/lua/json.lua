@@ -1,20 +1,25 @@
-
--- sluice: apply one change of a row stored as a JSON document, if it is newer than the
--- document's fence.
+-- sluice: apply changes of rows stored as JSON documents, each only if it is newer than
+-- the document's fence. One call applies many rows, in order (see `run_rows`).
 --
--- KEYS[1] the document, KEYS[2] its fence; when the row's key changed, KEYS[3] and KEYS[4]
--- are the document and fence under its previous key.
--- ARGV[1] the change's position; ARGV[2] 'set' (replace the document), 'merge' (replace it
--- but keep the stored values of the unchanged columns) or 'del'; ARGV[3] the TTL of the
--- document and its fence in milliseconds (0: none); ARGV[4] the TTL of a delete's fence, the
--- tombstone (0: no tombstone); ARGV[5] the new document; ARGV[6..] the unchanged columns'
+-- For each row, KEYS holds the document and its fence, then (when the row's key changed)
+-- the document and fence under its previous key.
+-- ARGV[1] the TTL of documents and their fences in milliseconds (0: none); ARGV[2] the TTL
+-- of a delete's fence, the tombstone (0: no tombstone); then for each row: its position;
+-- its action, 's' (replace the document), 'm' (replace it but keep the stored values of
+-- the unchanged columns) or 'd' (delete), in capitals ('S', 'M') when the key changed;
+-- for 's' and 'm' the new document; for 'm' the number of unchanged columns and their
 -- names as JSON strings, quotes included.
 --
--- Returns 'applied', 'stale' (a newer change is already stored: nothing to do) or 'missing'
--- (a merge, and no stored document to take the unchanged columns from).
+-- Each row's status is 'a' (applied), 's' (stale: a newer change is stored, nothing to
+-- do), 'm' (missing: a merge, and no stored document to take the unchanged columns from),
+-- 'd' (not attempted: its key failed earlier in the call) or 'e' (failed; the error text
+-- follows the statuses in the reply).
 --
--- Unchanged columns are copied from the stored document as raw JSON text, never decoded and
--- encoded again (cjson would turn large integers into floats).
+-- Unchanged columns are copied from the stored document as raw JSON text, never decoded
+-- and encoded again (cjson would turn large integers into floats).
+
+local TTL = tonumber(ARGV[1])
+local TOMBSTONE_TTL = tonumber(ARGV[2])
 
 -- The index of the next character of `s` from `i` on that is not JSON whitespace.
 local function skip_blank(s, i)
@@ -120,14 +125,15 @@ local function members(s)
   return nil
 end
 
--- The new document `doc` with the unchanged columns' values taken from `base`.
-local function merge(doc, base)
+-- The new document `doc` with the unchanged columns' values (names at ARGV[first..last])
+-- taken from `base`.
+local function merge(doc, base, first, last)
   local stored = members(base)
   if not stored then
-    error('the stored value is not a JSON object, so the unchanged columns cannot be kept from it')
+    error('the stored value is not a JSON object, so the unchanged columns cannot be kept from it', 0)
   end
   local kept = {}
-  for i = 6, #ARGV do
+  for i = first, last do
     local raw = stored[ARGV[i]]
     if raw then
       kept[#kept + 1] = ARGV[i] .. ':' .. raw
@@ -143,52 +149,81 @@ local function merge(doc, base)
   return open .. ',' .. table.concat(kept, ',') .. '}'
 end
 
-local function tombstone(key, fence)
+local function tombstone(key, fence, pos)
   redis.call('DEL', key)
   if TOMBSTONE_TTL > 0 then
-    redis.call('SET', fence, POS, 'PX', TOMBSTONE_TTL)
+    redis.call('SET', fence, pos, 'PX', TOMBSTONE_TTL)
   else
     redis.call('DEL', fence)
   end
 end
 
-local function store(key, fence, doc)
+local function store(key, fence, doc, pos)
   if TTL > 0 then
     redis.call('SET', key, doc, 'PX', TTL)
-    redis.call('SET', fence, POS, 'PX', TTL)
+    redis.call('SET', fence, pos, 'PX', TTL)
   else
-    redis.call('SET', key, doc)
-    redis.call('SET', fence, POS)
+    redis.call('MSET', key, doc, fence, pos)
   end
 end
 
-local key, fence, old, old_fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local fresh = newer(POS, redis.call('GET', fence))
-local old_fresh = old ~= nil and newer(POS, redis.call('GET', old_fence))
-if not fresh and not old_fresh then
-  return 'stale'
-end
-if ACTION == 'del' then
-  tombstone(key, fence)
-  return 'applied'
-end
-if fresh then
-  local doc = ARGV[5]
-  if ACTION == 'merge' then
-    local base = false
-    if old == nil then
-      base = redis.call('GET', key)
-    elseif old_fresh then
-      base = redis.call('GET', old)
-    end
-    if not base then
-      return 'missing'
-    end
-    doc = merge(doc, base)
+-- The row whose arguments start at ARGV[a] and keys at KEYS[k].
+local function next_row(a, k)
+  local action = ARGV[a + 1]
+  local row = { key = KEYS[k], fence = KEYS[k + 1], pos = ARGV[a] }
+  k = k + 2
+  if action == 'S' or action == 'M' then
+    row.old, row.old_fence = KEYS[k], KEYS[k + 1]
+    k = k + 2
+    action = string.lower(action)
   end
-  store(key, fence, doc)
+  row.action = action
+  a = a + 2
+  if action ~= 'd' then
+    row.doc = ARGV[a]
+    a = a + 1
+  end
+  if action == 'm' then
+    local n = tonumber(ARGV[a])
+    row.first, row.last = a + 1, a + n
+    a = a + n + 1
+  end
+  return row, a, k
 end
-if old_fresh then
-  tombstone(old, old_fence)
+
+local function apply(row)
+  local key, old = row.key, row.old
+  local fresh = newer(row.pos, redis.call('GET', row.fence))
+  local old_fresh = old ~= nil and newer(row.pos, redis.call('GET', row.old_fence))
+  if not fresh and not old_fresh then
+    return STALE
+  end
+  if row.action == 'd' then
+    tombstone(key, row.fence, row.pos)
+    return APPLIED
+  end
+  if fresh then
+    local doc = row.doc
+    if row.action == 'm' then
+      -- The row's unchanged columns are where it was stored: under its previous key when
+      -- the key changed.
+      local base = false
+      if old == nil then
+        base = redis.call('GET', key)
+      elseif old_fresh then
+        base = redis.call('GET', old)
+      end
+      if not base then
+        return MISSING
+      end
+      doc = merge(doc, base, row.first, row.last)
+    end
+    store(key, row.fence, doc, row.pos)
+  end
+  if old_fresh then
+    tombstone(old, row.old_fence, row.pos)
+  end
+  return APPLIED
 end
-return 'applied'
+
+return run_rows(3, next_row, apply)

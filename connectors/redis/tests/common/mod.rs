@@ -162,3 +162,27 @@ pub async fn pttl(conn: &mut MultiplexedConnection, key: &str) -> i64 {
 pub fn boxed(sink: RedisSink) -> Box<dyn Sink> {
     Box::new(sink)
 }
+
+/// How many bytes the server holds (`used_memory` in `INFO memory`).
+pub async fn used_memory(conn: &mut MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO memory has used_memory")
+}
+
+/// Set `maxmemory` (0: no limit).
+pub async fn set_maxmemory(conn: &mut MultiplexedConnection, bytes: u64) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(bytes)
+        .query_async(conn)
+        .await
+        .unwrap();
+}

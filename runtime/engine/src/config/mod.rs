@@ -28,8 +28,8 @@ use serde_json::Value;
 
 pub use error::ConfigError;
 pub use model::{
-    BatchConfig, DeliveryConfig, DlqConfig, OnKey, Pipeline, RetryConfig, SinkSection,
-    SourceSection, TableName, TransformConfig,
+    BatchConfig, DeliveryConfig, DlqConfig, JournalConfig, JournalKind, OnKey, Pipeline,
+    RetryConfig, SinkSection, SourceSection, TableName, TransformConfig,
 };
 pub use secret::Secret;
 
@@ -161,6 +161,11 @@ pub fn load_str(
         Some(dir) if state.is_relative() => dir.join(state),
         _ => state,
     };
+    let journal = raw
+        .journal
+        .unwrap_or_default()
+        .resolve(file.parent(), &state)
+        .map_err(|(key, message)| at(&join("journal", key), message))?;
     let admin = match raw.admin {
         None => None,
         Some(text) => Some(text.trim().parse::<SocketAddr>().map_err(|_| {
@@ -184,18 +189,19 @@ pub fn load_str(
         state,
         admin,
         shutdown_timeout: raw.shutdown_timeout,
+        journal,
         locator,
     })
 }
 
 const TOP_KEYS: &str =
-    "pipeline, source, transforms, sinks, delivery, state, admin, shutdown_timeout";
+    "pipeline, source, transforms, sinks, delivery, journal, state, admin, shutdown_timeout";
 
 /// The file's top level, before the checks that `serde` cannot do.
 #[derive(Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map of pipeline, source, transforms, sinks, delivery, state, admin, shutdown_timeout"
+    expecting = "a map of pipeline, source, transforms, sinks, delivery, journal, state, admin, shutdown_timeout"
 )]
 struct RawPipeline {
     /// The pipeline's name.
@@ -213,6 +219,9 @@ struct RawPipeline {
     /// Delivery defaults for every sink.
     #[serde(default)]
     delivery: DeliveryConfig,
+    /// The journal.
+    #[serde(default)]
+    journal: Option<model::RawJournal>,
     /// The state database.
     #[serde(default)]
     state: Option<PathBuf>,

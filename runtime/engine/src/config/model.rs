@@ -41,6 +41,8 @@ pub struct Pipeline {
     /// after a restart) and the process exits 0. Default `10s`: under the 30 s grace period
     /// orchestrators give.
     pub shutdown_timeout: Duration,
+    /// What lies between the source and the sinks (`journal:`).
+    pub journal: JournalConfig,
     /// Where every key was written, for [`Pipeline::error`]. Holds the values that came from
     /// the environment (to keep them out of messages), so it is never printed.
     pub(crate) locator: Arc<Locator>,
@@ -75,6 +77,7 @@ impl fmt::Debug for Pipeline {
             .field("state", &self.state)
             .field("admin", &self.admin)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("journal", &self.journal)
             .finish_non_exhaustive()
     }
 }
@@ -537,6 +540,111 @@ impl SinkSection {
 /// 10 seconds.
 pub(crate) fn default_shutdown_timeout() -> Duration {
     Duration::from_secs(10)
+}
+
+/// `journal:`: the log between the source and the sinks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JournalConfig {
+    /// `type:` `disk` (default) or `memory`.
+    pub kind: JournalKind,
+    /// Disk: the folder of segment files. Default: beside the state file, named after it
+    /// (`.sluice/<pipeline>.journal`); relative paths resolve against the pipeline file's
+    /// folder.
+    pub path: PathBuf,
+    /// Disk: the most bytes of segments kept. When the sinks' unfinished entries fill it the
+    /// source pauses (the slot then holds WAL on the server); nothing is dropped. Default
+    /// `10GiB`.
+    pub max_bytes: u64,
+    /// Disk: how long entries every sink has finished are kept, for `sluice rewind`. Default
+    /// `24h`; `0s` trims them at once.
+    pub retention: Duration,
+    /// Disk: the size of one segment file (the unit of trimming). Default `64MiB`.
+    pub segment_bytes: u64,
+}
+
+/// Where the journal keeps entries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalKind {
+    /// Segment files on local disk: the slot confirms what is journaled, so no sink holds
+    /// WAL on the server.
+    Disk,
+    /// In memory, bounded: the slot confirms only what every sink made durable.
+    Memory,
+}
+
+/// `journal:` as written, before defaults and checks.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a map with `type`, `path`, `max_bytes`, `retention` and `segment_bytes`"
+)]
+pub(crate) struct RawJournal {
+    #[serde(rename = "type")]
+    pub kind: Option<JournalKind>,
+    pub path: Option<PathBuf>,
+    pub max_bytes: Option<crate::units::ByteSize>,
+    #[serde(default, deserialize_with = "duration::option::deserialize")]
+    pub retention: Option<Duration>,
+    pub segment_bytes: Option<crate::units::ByteSize>,
+}
+
+impl RawJournal {
+    /// Defaults and checks: the key at fault (relative to `journal`) and why.
+    /// `dir`: the pipeline file's folder; `state`: the state file (resolved).
+    pub(crate) fn resolve(
+        self,
+        dir: Option<&Path>,
+        state: &Path,
+    ) -> Result<JournalConfig, (&'static str, String)> {
+        let kind = self.kind.unwrap_or(JournalKind::Disk);
+        if kind == JournalKind::Memory {
+            let disk_only = [
+                ("path", self.path.is_some()),
+                ("max_bytes", self.max_bytes.is_some()),
+                ("retention", self.retention.is_some()),
+                ("segment_bytes", self.segment_bytes.is_some()),
+            ];
+            if let Some((key, _)) = disk_only.iter().find(|(_, set)| *set) {
+                return Err((
+                    key,
+                    format!("`{key}` is for `type: disk`; a memory journal keeps no files"),
+                ));
+            }
+        }
+        let path = match self.path {
+            Some(p) if p.as_os_str().is_empty() => {
+                return Err(("path", "the journal's path is empty".into()))
+            }
+            Some(p) => match dir {
+                Some(dir) if p.is_relative() => dir.join(p),
+                _ => p,
+            },
+            None => state.with_extension("journal"),
+        };
+        let segment_bytes = self.segment_bytes.map_or(64 << 20, |b| b.0);
+        if segment_bytes < 64 << 10 {
+            return Err(("segment_bytes", "a segment must hold at least 64KiB".into()));
+        }
+        let max_bytes = self.max_bytes.map_or(10 << 30, |b| b.0);
+        if max_bytes < 2 * segment_bytes {
+            return Err((
+                "max_bytes",
+                format!(
+                    "the journal must hold two segments at least ({} with segment_bytes {})",
+                    crate::units::human_bytes(2 * segment_bytes as i64),
+                    crate::units::human_bytes(segment_bytes as i64)
+                ),
+            ));
+        }
+        Ok(JournalConfig {
+            kind,
+            path,
+            max_bytes,
+            retention: self.retention.unwrap_or(Duration::from_secs(24 * 3600)),
+            segment_bytes,
+        })
+    }
 }
 
 /// `source:`. The key every source has (`type`) is read here; the source's own keys are in

@@ -769,3 +769,73 @@ fn a_sink_may_take_only_some_tables() {
     );
     assert!(e.message.contains("remove `tables`"), "{e}");
 }
+
+#[test]
+fn the_journal_is_on_disk_beside_the_state_by_default() {
+    let p = load(BASE).unwrap();
+    assert_eq!(
+        p.journal,
+        JournalConfig {
+            kind: JournalKind::Disk,
+            path: "pipelines/.sluice/orders.journal".into(),
+            max_bytes: 10 << 30,
+            retention: Duration::from_secs(24 * 3600),
+            segment_bytes: 64 << 20,
+        }
+    );
+    let p = load(&with(&[(
+        10,
+        "journal: { path: /var/lib/sluice/j, max_bytes: 1GiB, retention: 2h, segment_bytes: 8MiB }",
+    )]))
+    .unwrap();
+    assert_eq!(p.journal.path, Path::new("/var/lib/sluice/j"));
+    assert_eq!(p.journal.max_bytes, 1 << 30);
+    assert_eq!(p.journal.retention, Duration::from_secs(7200));
+    assert_eq!(p.journal.segment_bytes, 8 << 20);
+    let p = load(&with(&[(10, "journal: { path: j }")])).unwrap();
+    assert_eq!(p.journal.path, Path::new("pipelines/j"), "beside the file");
+    let p = load(&with(&[(10, "journal: { type: memory }")])).unwrap();
+    assert_eq!(p.journal.kind, JournalKind::Memory);
+}
+
+#[test]
+fn journal_mistakes_name_their_key() {
+    let e = fails(
+        &with(&[(10, "journal: { type: memory, max_bytes: 1GiB }")]),
+        10,
+        26,
+        "journal.max_bytes",
+    );
+    assert!(e.message.contains("memory journal keeps no files"), "{e}");
+    let e = fails(
+        &with(&[(10, "journal: { max_bytes: 100MiB, segment_bytes: 64MiB }")]),
+        10,
+        12,
+        "journal.max_bytes",
+    );
+    assert!(e.message.contains("two segments"), "{e}");
+    let e = fails(
+        &with(&[(10, "journal: { segment_bytes: 1KiB }")]),
+        10,
+        12,
+        "journal.segment_bytes",
+    );
+    assert!(e.message.contains("64KiB"), "{e}");
+    let e = fails(
+        &with(&[(10, "journal: { type: tape }")]),
+        10,
+        12,
+        "journal.type",
+    );
+    assert!(
+        e.message.contains("disk") && e.message.contains("memory"),
+        "{e}"
+    );
+    let e = fails(
+        &with(&[(10, "journal: { size: 1GiB }")]),
+        10,
+        12,
+        "journal.size",
+    );
+    assert!(e.message.contains("`max_bytes`"), "{e}");
+}

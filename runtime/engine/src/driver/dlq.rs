@@ -252,6 +252,15 @@ impl SinkDriver {
             return Ok(());
         }
         parked.version = Some(version);
+        let sink = self.name().to_string();
+        if self
+            .store
+            .run(move |s| s.rewind_request(&sink))
+            .await?
+            .is_some()
+        {
+            return Err(SinkStop::Rewind);
+        }
         parked.held = self.hold_heads().await?;
         let sink = self.name().to_string();
         let replay = self

@@ -68,6 +68,10 @@ pub enum SinkStop {
     /// it was (the rest is delivered again after a restart).
     #[error("interrupted by the shutdown timeout; undelivered events stay uncommitted")]
     Interrupted,
+    /// An operator asked for the sink to be delivered again from an earlier point
+    /// (`sluice rewind`): the supervisor moves it there and runs it again.
+    #[error("rewound by an operator")]
+    Rewind,
 }
 
 /// What finally happened to one event of a delivery.

@@ -111,7 +111,7 @@ async fn drive_with(
     chain: Chain,
 ) -> Run {
     let store = Store::new(SqliteStore::in_memory());
-    let journal = Journal::new(100);
+    let journal = Journal::memory(100);
     let progress = Progress::new(vec![("s".into(), committed)]);
     let seen = Arc::new(Mutex::new(Vec::new()));
     let mut driver = SinkDriver {

@@ -114,7 +114,7 @@ fn options() -> EngineOptions {
     EngineOptions {
         pipeline: "p".into(),
         admin: None,
-        journal_capacity: 100,
+        journal: crate::engine::JournalOptions::Memory { capacity: 100 },
         drain_timeout: Duration::from_secs(5),
         commit_interval: Duration::from_millis(10),
         ack_interval: Duration::from_millis(50),

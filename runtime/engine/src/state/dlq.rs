@@ -163,7 +163,7 @@ fn entry(r: &Row) -> rusqlite::Result<DlqEntry> {
 
 impl SqliteStore {
     /// Move [`DeadLetters::dlq_version`]: an operator changed the queue.
-    fn bump_version(&self) -> Result<(), StateError> {
+    pub(super) fn bump_version(&self) -> Result<(), StateError> {
         self.conn
             .execute(
                 "insert into meta (key, value) values ('dlq_version', '1')

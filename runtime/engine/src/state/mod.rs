@@ -68,6 +68,15 @@ pub trait Offsets {
     /// An operator dealt with `sink`'s dead letters: if the DLQ breaker had stopped it
     /// ([`TRIPPED`]), it may go on. Returns whether it was stopped.
     fn clear_trip(&self, sink: &str) -> Result<bool, StateError>;
+    /// Ask for `sink` to be delivered again from after `to` (`sluice rewind`): a running
+    /// pipeline applies it within a second, otherwise the next run as it starts. Moves
+    /// [`DeadLetters::dlq_version`] so the running driver looks.
+    fn request_rewind(&self, sink: &str, to: Offset) -> Result<(), StateError>;
+    /// The rewind waiting for `sink`, if any.
+    fn rewind_request(&self, sink: &str) -> Result<Option<Offset>, StateError>;
+    /// Make `sink`'s waiting rewind its committed offset and forget the request, at once.
+    /// Returns the new offset.
+    fn apply_rewind(&mut self, sink: &str) -> Result<Option<Offset>, StateError>;
     /// A fact about the pipeline (e.g. the source's cluster identity).
     fn meta(&self, key: &str) -> Result<Option<String>, StateError>;
     fn set_meta(&self, key: &str, value: &str) -> Result<(), StateError>;

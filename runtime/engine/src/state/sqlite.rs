@@ -121,7 +121,76 @@ impl SqliteStore {
     }
 }
 
+/// The meta key of a sink's waiting rewind.
+fn rewind_key(sink: &str) -> String {
+    format!("rewind:{sink}")
+}
+
+/// `commit_lsn index flush_lsn commit_ts`, the way a rewind request is kept.
+fn offset_text(o: &Offset) -> String {
+    format!(
+        "{} {} {} {}",
+        o.position.commit_lsn.0, o.position.index, o.flush_lsn.0, o.commit_ts_micros
+    )
+}
+
+fn parse_offset(text: &str) -> Option<Offset> {
+    let mut parts = text.split(' ');
+    let mut next = || parts.next()?.parse::<i64>().ok();
+    Some(Offset {
+        position: Position::new(Lsn(next()? as u64), next()? as u32),
+        flush_lsn: Lsn(next()? as u64),
+        commit_ts_micros: next()?,
+    })
+}
+
 impl Offsets for SqliteStore {
+    fn request_rewind(&self, sink: &str, to: Offset) -> Result<(), StateError> {
+        self.set_meta(&rewind_key(sink), &offset_text(&to))?;
+        self.bump_version()
+    }
+
+    fn rewind_request(&self, sink: &str) -> Result<Option<Offset>, StateError> {
+        Ok(self
+            .meta(&rewind_key(sink))?
+            .as_deref()
+            .and_then(parse_offset))
+    }
+
+    fn apply_rewind(&mut self, sink: &str) -> Result<Option<Offset>, StateError> {
+        let err = error_at(&self.path);
+        let key = rewind_key(sink);
+        let tx = self.conn.transaction().map_err(err)?;
+        let text: Option<String> = tx
+            .query_row("select value from meta where key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(err)?;
+        let Some(offset) = text.as_deref().and_then(parse_offset) else {
+            return Ok(None);
+        };
+        tx.execute(
+            "insert into sink_offsets (sink, commit_lsn, idx, flush_lsn, commit_ts, updated_at)
+             values (?1, ?2, ?3, ?4, ?5, ?6)
+             on conflict (sink) do update set commit_lsn = ?2, idx = ?3, flush_lsn = ?4,
+                commit_ts = ?5, updated_at = ?6",
+            params![
+                sink,
+                offset.position.commit_lsn.0 as i64,
+                offset.position.index as i64,
+                offset.flush_lsn.0 as i64,
+                offset.commit_ts_micros,
+                now()
+            ],
+        )
+        .map_err(err)?;
+        tx.execute("delete from meta where key = ?1", [&key])
+            .map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(Some(offset))
+    }
+
     fn offsets(&self) -> Result<HashMap<String, Offset>, StateError> {
         let mut stmt = self
             .conn
