@@ -88,6 +88,28 @@ enum Command {
         #[arg(long, value_name = "LSN|TIME|oldest")]
         to: String,
     },
+    /// Wait until sinks have applied a commit (read-your-writes), through the running
+    /// pipeline's admin server.
+    ///
+    /// The token is the application's `SELECT pg_current_wal_lsn()` after its COMMIT.
+    /// Exit 0 once every named sink applied every change committed at or before it; 1 when
+    /// the time runs out or a change before it is in a sink's DLQ; 2 for bad input.
+    Wait {
+        /// The pipeline file (YAML); it must have `admin:`.
+        pipeline: PathBuf,
+        /// A sink to wait for (repeat it for several).
+        #[arg(long, required = true)]
+        sink: Vec<String>,
+        /// The LSN to wait for, e.g. 0/16B3748.
+        #[arg(long)]
+        lsn: String,
+        /// How long to wait at most (at most 60s).
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+        /// Print the admin server's JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead-letter queues: list, show, replay and purge parked events.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -288,6 +310,13 @@ fn run_async(command: Command) -> Result<(), Failure> {
             Command::Teardown { pipeline, drop_dlq } => {
                 commands::teardown::run(&pipeline, drop_dlq).await
             }
+            Command::Wait {
+                pipeline,
+                sink,
+                lsn,
+                timeout,
+                json,
+            } => commands::wait::run(&pipeline, &sink, &lsn, &timeout, json).await,
             Command::Dlq(_)
             | Command::Transform(_)
             | Command::Completions { .. }

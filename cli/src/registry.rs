@@ -15,7 +15,7 @@ use sluice_webhook::WebhookConfig;
 
 /// The connectors of this build.
 pub const REGISTRY: Registry = Registry {
-    sources: &[sluice_postgres::SOURCE],
+    sources: &[sluice_postgres::SOURCE, sluice_outbox_poll::SOURCE],
     sinks: &[
         sink::<WebhookConfig>("webhook"),
         sink::<FileConfig>("file"),

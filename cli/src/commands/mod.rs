@@ -7,6 +7,7 @@ pub mod status;
 pub mod teardown;
 pub mod transform;
 pub mod validate;
+pub mod wait;
 
 use std::path::Path;
 

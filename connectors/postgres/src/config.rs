@@ -7,7 +7,7 @@
 //!   slot: sluice_orders            # default sluice_<pipeline>
 //!   publication: sluice_orders     # default sluice_<pipeline>
 //!   tables: [public.orders, customers]
-//!   outbox: { table: public.outbox }
+//!   outbox: { table: public.outbox, columns: { type: event_type } }
 //!   messages: [orders]
 //!   snapshot: never
 //!   on_rename: follow              # follow | stop
@@ -78,17 +78,81 @@ pub enum OnRename {
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "a map with `table` and `delete_after_capture`"
+    expecting = "a map with `table`, `columns` and `delete_after_capture`"
 )]
 pub struct OutboxConfig {
-    /// The outbox table. Its columns: `id`, `aggregate_type`, `aggregate_id`, `type`,
-    /// `payload` (jsonb) and optionally `headers` (jsonb).
+    /// The outbox table. Its columns (names as in `columns`): `id`, `aggregate_type`,
+    /// `aggregate_id`, `type`, `payload` (jsonb) and optionally `headers` (jsonb).
     pub table: TableName,
+    /// The outbox's column names, when they differ from the defaults.
+    #[serde(default)]
+    pub columns: OutboxColumns,
     /// Set to `true` when the application deletes each outbox row in the same transaction
-    /// that inserts it (the documented recipe); the deletes are then not reported.
-    /// Default `false`.
+    /// that inserts it (the recipe in the README: the insert is still in the WAL, so the
+    /// event is delivered, and the table never grows). Deletes of outbox rows are never
+    /// delivered either way; the setting says the table is meant to stay empty. Default
+    /// `false`.
     #[serde(default)]
     pub delete_after_capture: bool,
+}
+
+/// `source.outbox.columns:` (and the polling source's `columns:`): which column of the
+/// outbox table holds each part of the event. Every key is optional.
+///
+/// ```yaml
+/// columns: { id: event_id, type: event_type, headers: metadata }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a map of `id`, `aggregate_type`, `aggregate_id`, `type`, `payload` and `headers` to column names"
+)]
+#[non_exhaustive]
+pub struct OutboxColumns {
+    /// The event's id (the envelope's `message.id`). Default `id`.
+    pub id: String,
+    /// What kind of thing the event is about, e.g. `order` (`message.aggregate_type`; the
+    /// Kafka sink's default topic). Default `aggregate_type`.
+    pub aggregate_type: String,
+    /// Which one, e.g. the order's id (`message.aggregate_id`, and the event's key: events
+    /// of one aggregate stay in order). Default `aggregate_id`.
+    pub aggregate_id: String,
+    /// The event's type, e.g. `order_created` (`message.type`). Default `type`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The event's body, jsonb (`message.payload`). Default `payload`.
+    pub payload: String,
+    /// Optional jsonb of headers (`message.headers`); a table without this column gives
+    /// events without headers. Default `headers`.
+    pub headers: String,
+}
+
+impl Default for OutboxColumns {
+    fn default() -> Self {
+        OutboxColumns {
+            id: "id".into(),
+            aggregate_type: "aggregate_type".into(),
+            aggregate_id: "aggregate_id".into(),
+            kind: "type".into(),
+            payload: "payload".into(),
+            headers: "headers".into(),
+        }
+    }
+}
+
+impl OutboxColumns {
+    /// Each column with its key, in the envelope's order: `[("id", "id"), ...]`.
+    pub fn named(&self) -> [(&'static str, &str); 6] {
+        [
+            ("id", &self.id),
+            ("aggregate_type", &self.aggregate_type),
+            ("aggregate_id", &self.aggregate_id),
+            ("type", &self.kind),
+            ("payload", &self.payload),
+            ("headers", &self.headers),
+        ]
+    }
 }
 
 /// `source.snapshot:`.
@@ -199,6 +263,11 @@ impl PostgresConfig {
             publication: self.publication.clone(),
             tables: self.tables.iter().map(table).collect(),
             outbox: self.outbox.as_ref().map(|o| table(&o.table)),
+            outbox_columns: self
+                .outbox
+                .as_ref()
+                .map(|o| o.columns.clone())
+                .unwrap_or_default(),
             messages: self.messages.clone(),
             on_rename: self.on_rename,
             ddl_events: self.ddl_events,

@@ -10,7 +10,7 @@ use sluice_runtime::source::SourceStatus;
 use sluice_runtime::{Event, Lsn, Message, Op, Position, Row, Source, Value};
 use tokio_postgres::Client;
 
-use crate::config::OnRename;
+use crate::config::{OnRename, OutboxColumns};
 use crate::ddl::{DdlCommand, DDL_PREFIX, RESERVED_PREFIX};
 use crate::options::{PostgresOptions, TableRef};
 use crate::pgoutput::{LogicalMessage, OldTuple, TupleValue};
@@ -81,6 +81,8 @@ pub struct EventBuilder {
     /// The captured tables (and the outbox), followed by OID through renames.
     tables: CapturedTables,
     messages: HashSet<String>,
+    /// The outbox's column names.
+    outbox_columns: OutboxColumns,
     on_rename: OnRename,
     ddl_events: bool,
     relations: HashMap<u32, Relation>,
@@ -99,6 +101,7 @@ impl EventBuilder {
             pipeline: o.pipeline.as_str().into(),
             tables: CapturedTables::new(o, identities),
             messages: o.messages.iter().cloned().collect(),
+            outbox_columns: o.outbox_columns.clone(),
             on_rename: o.on_rename,
             ddl_events: o.ddl_events,
             relations: HashMap::new(),
@@ -225,7 +228,7 @@ impl EventBuilder {
                 };
                 let after = row(rel, &new, &mut Vec::new())?;
                 let event = match rel.role {
-                    Role::Outbox => outbox_event(position, source, after),
+                    Role::Outbox => outbox_event(position, source, &after, &self.outbox_columns),
                     _ => {
                         let mut e = Event::new(position, Op::Insert, source);
                         e.key = key_of(rel, &after);
@@ -283,20 +286,31 @@ impl EventBuilder {
                 content,
                 ..
             } => {
-                let (position, xid, commit_lsn, ts) = if transactional {
-                    let tx = self
-                        .tx
-                        .as_mut()
-                        .ok_or(BuildError::NoTransaction("transactional Message"))?;
-                    let p = Position::new(tx.commit_lsn, tx.next_index);
-                    tx.next_index += 1;
-                    (p, Some(tx.xid), tx.commit_lsn, tx.ts)
-                } else {
-                    (Position::new(msg_lsn, 0), None, msg_lsn, now_micros())
-                };
+                if !transactional {
+                    // Written even when its transaction rolls back: never delivered.
+                    if self.messages.contains(&prefix) {
+                        self.status.notice(
+                            "non_transactional_message",
+                            format!(
+                                "a non-transactional logical message with prefix `{prefix}` at LSN {msg_lsn} \
+                                 was not delivered: pg_logical_emit_message(false, ...) is written to the WAL \
+                                 at once, even when its transaction rolls back, so it may describe something \
+                                 that never happened. Emit events with pg_logical_emit_message(true, ...)"
+                            ),
+                        );
+                    }
+                    return Ok(());
+                }
+                let tx = self
+                    .tx
+                    .as_mut()
+                    .ok_or(BuildError::NoTransaction("transactional Message"))?;
+                let position = Position::new(tx.commit_lsn, tx.next_index);
+                tx.next_index += 1;
+                let (xid, commit_lsn, ts) = (tx.xid, tx.commit_lsn, tx.ts);
                 if prefix.starts_with(RESERVED_PREFIX) {
                     // sluice's own: never a user message.
-                    if transactional && prefix == DDL_PREFIX {
+                    if prefix == DDL_PREFIX {
                         self.ddl(&content, position, msg_lsn, out)?;
                     }
                     return Ok(());
@@ -310,17 +324,10 @@ impl EventBuilder {
                     table: None,
                     lsn: msg_lsn,
                     commit_lsn,
-                    xid,
+                    xid: Some(xid),
                     ts_micros: ts,
                 };
                 push(out, message_event(position, source, &prefix, &content));
-                if !transactional {
-                    // Stands alone: let the slot move past it once delivered.
-                    out.push(Entry::Commit {
-                        commit_lsn: msg_lsn,
-                        end_lsn: Lsn(msg_lsn.0 + 1),
-                    });
-                }
             }
             LogicalMessage::Type { .. } | LogicalMessage::Origin { .. } => {}
             LogicalMessage::StreamStart { .. } => {
@@ -457,13 +464,6 @@ fn push(out: &mut Vec<Entry>, event: Event) {
     out.push(Entry::event(event));
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 async fn primary_key(client: &Client, rel_id: u32) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client
         .query(
@@ -531,22 +531,28 @@ fn key_of(rel: &Relation, row: &Row) -> Option<Row> {
     Some(key)
 }
 
-/// An outbox row as an `op: event` envelope (columns id, aggregate_type, aggregate_id,
-/// type, payload, headers).
-fn outbox_event(position: Position, source: Source, row: Row) -> Event {
+/// An outbox row as an `op: event` envelope: `message` from the row's columns (named by
+/// `columns`; a column the row lacks is `null`), the key `aggregate_id`. The polling
+/// source builds its events here too, so both read an outbox the same way.
+pub fn outbox_event(
+    position: Position,
+    source: Source,
+    row: &Row,
+    columns: &OutboxColumns,
+) -> Event {
     let field = |name: &str| row.get(name).cloned().unwrap_or(Value::Null);
     let mut e = Event::new(position, Op::Event, source);
-    let aggregate_id = field("aggregate_id");
+    let aggregate_id = field(&columns.aggregate_id);
     let mut key = Row::default();
     key.push("aggregate_id".into(), aggregate_id.clone());
     e.key = Some(key);
     e.message = Some(Message {
-        id: field("id"),
-        kind: field("type"),
-        aggregate_type: field("aggregate_type"),
+        id: field(&columns.id),
+        kind: field(&columns.kind),
+        aggregate_type: field(&columns.aggregate_type),
         aggregate_id,
-        payload: field("payload"),
-        headers: field("headers"),
+        payload: field(&columns.payload),
+        headers: field(&columns.headers),
     });
     e
 }

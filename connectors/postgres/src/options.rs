@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::config::OnRename;
+use crate::config::{OnRename, OutboxColumns};
 
 /// A schema-qualified table name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,6 +47,8 @@ pub struct PostgresOptions {
     pub tables: Vec<TableRef>,
     /// The outbox table: its inserts become `op: event` envelopes.
     pub outbox: Option<TableRef>,
+    /// The outbox's column names.
+    pub outbox_columns: OutboxColumns,
     /// `pg_logical_emit_message` prefixes captured as events.
     pub messages: Vec<String>,
     /// What a rename of a captured table does.

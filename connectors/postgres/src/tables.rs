@@ -315,6 +315,7 @@ mod tests {
             publication: "p".into(),
             tables: tables.iter().map(|n| t(n)).collect(),
             outbox: Some(t("outbox")),
+            outbox_columns: Default::default(),
             messages: Vec::new(),
             on_rename: crate::config::OnRename::Follow,
             ddl_events: false,

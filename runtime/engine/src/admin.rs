@@ -14,10 +14,12 @@ use axum::{Json, Router};
 use serde_json::json;
 
 use crate::journal::{Journal, ReaderId};
+use crate::lsn::Lsn;
 use crate::progress::{Progress, SinkProgress};
 use crate::source::SourceStatus;
 use crate::state::{DlqFilter, Store};
 use crate::telemetry::{self, Family, HistogramSource, Kind, Labels, StageStats};
+use crate::wait::WaitStats;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -29,6 +31,7 @@ pub struct AdminState {
     pub journal: Arc<Journal>,
     pub readers: Vec<ReaderId>,
     pub store: Store,
+    pub waits: Arc<WaitStats>,
 }
 
 impl AdminState {
@@ -45,6 +48,7 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AdminState) {
         .route("/metrics", get(metrics))
         .route("/status", get(status))
         .route("/dlq", get(dlq))
+        .route("/wait", get(wait))
         .with_state(state);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "admin server failed");
@@ -384,6 +388,48 @@ fn families(s: &AdminState, depths: &[(String, i64)]) -> Vec<Family> {
         ),
     });
     out.push(Family {
+        name: "wait_requests",
+        help: "Read-your-writes waits (`/wait`) answered, by outcome: applied, parked (applied but a change before the token is in the DLQ) or timeout.",
+        kind: Kind::Counter(
+            [
+                ("applied", &s.waits.applied),
+                ("parked", &s.waits.parked),
+                ("timeout", &s.waits.timeouts),
+            ]
+            .into_iter()
+            .map(|(outcome, n)| (vec![("outcome".to_string(), outcome.to_string())], n.load(Relaxed)))
+            .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "wait_seconds",
+        help: "How long answered read-your-writes waits took (timeouts excluded).",
+        kind: Kind::Histogram(vec![(
+            Labels::new(),
+            s.waits.clone() as Arc<dyn HistogramSource>,
+        )]),
+    });
+    out.push(Family {
+        name: "wait_waiting",
+        help: "Read-your-writes waits in progress, per sink.",
+        kind: Kind::Gauge(
+            sinks
+                .iter()
+                .map(|(k, _, l)| (l.clone(), k.applied.waiting() as f64))
+                .collect(),
+        ),
+    });
+    out.push(Family {
+        name: "sink_applied_lsn",
+        help: "Every change committed at or before this LSN is applied by the sink (read-your-writes), as a number.",
+        kind: Kind::Gauge(
+            sinks
+                .iter()
+                .map(|(k, _, l)| (l.clone(), k.applied.through().0 as f64))
+                .collect(),
+        ),
+    });
+    out.push(Family {
         name: "transform_batch_seconds",
         help: "Time a transform took per batch, by transform and chain (`pipeline` or a sink).",
         kind: Kind::Histogram(
@@ -431,6 +477,202 @@ impl HistogramSource for LatencyOf {
     fn histogram(&self) -> &telemetry::Histogram {
         &self.0.counters.latency
     }
+}
+
+/// The longest `/wait` may take.
+const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `GET /wait?sink=S[&sink=T]&lsn=X[&timeout=2s]`: answer once every named sink has applied
+/// every change committed at or before LSN `X` (read-your-writes: `X` is
+/// `pg_current_wal_lsn()` after the application's COMMIT). 200 with each sink's applied
+/// position; 409 when it is applied but a change committed before `X` waits in a sink's DLQ
+/// (the read may miss it); 408 when `timeout` (default 5s, at most 60s) ran out; 404 for an
+/// unknown sink; 400 naming a malformed or missing parameter.
+async fn wait(
+    State(s): State<AdminState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let bad = |status: StatusCode, message: String| {
+        (status, Json(json!({ "error": message }))).into_response()
+    };
+    let params = query_pairs(query.as_deref().unwrap_or(""));
+    let one = |key: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+    let names: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "sink")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    if names.is_empty() {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            "`sink`: name the sink to wait for (sink=NAME, repeat it for several)".into(),
+        );
+    }
+    let token: Lsn = match one("lsn").map(str::parse) {
+        Some(Ok(lsn)) => lsn,
+        Some(Err(_)) => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "`lsn`: `{}` is not an LSN like 0/16B3748 (the application's \
+                     `SELECT pg_current_wal_lsn()` after its COMMIT)",
+                    one("lsn").unwrap_or_default()
+                ),
+            )
+        }
+        None => {
+            return bad(
+                StatusCode::BAD_REQUEST,
+                "`lsn`: give the token, e.g. lsn=0/16B3748 (`SELECT pg_current_wal_lsn()` after COMMIT)"
+                    .into(),
+            )
+        }
+    };
+    let timeout = match one("timeout").map(crate::config::duration::parse) {
+        None => std::time::Duration::from_secs(5),
+        Some(Ok(t)) if t <= MAX_WAIT => t,
+        Some(Ok(_)) => return bad(StatusCode::BAD_REQUEST, "`timeout`: at most 60s".into()),
+        Some(Err(e)) => return bad(StatusCode::BAD_REQUEST, format!("`timeout`: {e}")),
+    };
+    let token = past_headers(token);
+    let mut sinks = Vec::with_capacity(names.len());
+    for name in &names {
+        match s.progress.sink(name) {
+            Some(sink) => sinks.push(sink.clone()),
+            None => {
+                let known: Vec<&str> = s.progress.sinks().iter().map(|k| k.name.as_str()).collect();
+                return bad(
+                    StatusCode::NOT_FOUND,
+                    format!("no sink `{name}` (sinks: {})", known.join(", ")),
+                );
+            }
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let deadline = started + timeout;
+    let mut timed_out = false;
+    for sink in &sinks {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if sink.applied.wait(token, left).await.is_err() {
+            timed_out = true;
+            break;
+        }
+    }
+    let waited = started.elapsed();
+    let mut report = Vec::with_capacity(sinks.len());
+    let mut parked_total = 0;
+    for sink in &sinks {
+        let mut entry = json!({
+            "sink": sink.name,
+            "applied_through": sink.applied.through().to_string(),
+        });
+        if let Some(reason) = sink.stopped() {
+            entry["stopped"] = json!(reason);
+        }
+        if !timed_out {
+            let name = sink.name.clone();
+            let (parked, first) = s
+                .store
+                .run(move |st| st.dlq_before(&name, token))
+                .await
+                .unwrap_or((0, None));
+            if parked > 0 {
+                parked_total += parked;
+                entry["parked"] = json!(parked);
+                entry["first_parked"] = json!(first);
+            }
+        }
+        report.push(entry);
+    }
+    let body = |error: Option<String>| {
+        let mut v = json!({
+            "lsn": token.to_string(),
+            "sinks": report,
+            "waited_ms": waited.as_secs_f64() * 1e3,
+        });
+        if let Some(e) = error {
+            v["error"] = json!(e);
+        }
+        Json(v)
+    };
+    if timed_out {
+        s.waits.timeouts.fetch_add(1, Relaxed);
+        let error = format!(
+            "not applied within {}: the sink is behind, or stopped (see `stopped`)",
+            humantime::format_duration(timeout)
+        );
+        return (StatusCode::REQUEST_TIMEOUT, body(Some(error))).into_response();
+    }
+    s.waits.seconds.observe(waited.as_secs_f64());
+    if parked_total > 0 {
+        s.waits.parked.fetch_add(1, Relaxed);
+        let error = format!(
+            "{parked_total} change(s) committed before {token} are in the DLQ, not applied: a read may \
+             not see them until they are replayed (`sluice dlq list --sink ...`)"
+        );
+        return (StatusCode::CONFLICT, body(Some(error))).into_response();
+    }
+    s.waits.applied.fetch_add(1, Relaxed);
+    (StatusCode::OK, body(None)).into_response()
+}
+
+/// A token that points just past a WAL page header (`pg_current_wal_insert_lsn()` on a
+/// fresh page) means the page's start: no record ends inside a header, and the stream
+/// reaches only the page's start until more WAL is written. Pages are 8 KiB with a 24-byte
+/// header, 40 bytes at a segment's start (16 MiB segments and multiples of them).
+fn past_headers(token: Lsn) -> Lsn {
+    const PAGE: u64 = 8192;
+    const SEGMENT: u64 = 16 << 20;
+    match (token.0 % PAGE, token.0 % SEGMENT) {
+        (24, _) => Lsn(token.0 - 24),
+        (_, 40) => Lsn(token.0 - 40),
+        _ => token,
+    }
+}
+
+/// `a=1&b=x%2Fy` as pairs, percent-decoded (`+` is a space).
+fn query_pairs(query: &str) -> Vec<(String, String)> {
+    fn decode(text: &str) -> String {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        let bytes = text.as_bytes();
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut i = 0;
+        while i < bytes.len() {
+            match (
+                bytes[i],
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (b'%', Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 3;
+                }
+                (b'+', _, _) => {
+                    out.push(b' ');
+                    i += 1;
+                }
+                (b, _, _) => {
+                    out.push(b);
+                    i += 1;
+                }
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
 
 /// `GET /dlq`: every parked event, as `sluice dlq list --json` prints them.
@@ -494,4 +736,39 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
         },
         "sinks": sinks,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_past_a_page_header_means_the_page_start() {
+        assert_eq!(past_headers(Lsn(0x1516018)), Lsn(0x1516000));
+        assert_eq!(
+            past_headers(Lsn(0x2000028)),
+            Lsn(0x2000000),
+            "a segment's long header"
+        );
+        assert_eq!(past_headers(Lsn(0x1516019)), Lsn(0x1516019));
+        assert_eq!(
+            past_headers(Lsn(0x1516028)),
+            Lsn(0x1516028),
+            "inside a page"
+        );
+    }
+
+    #[test]
+    fn query_strings_are_decoded() {
+        assert_eq!(
+            query_pairs("sink=a&sink=b%20c&lsn=0%2F16B3748&x=%zz+y&flag"),
+            [
+                ("sink".to_string(), "a".to_string()),
+                ("sink".into(), "b c".into()),
+                ("lsn".into(), "0/16B3748".into()),
+                ("x".into(), "%zz y".into()),
+                ("flag".into(), "".into()),
+            ]
+        );
+    }
 }

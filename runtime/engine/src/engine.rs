@@ -213,6 +213,7 @@ pub async fn run(
         journal: journal.clone(),
         readers: readers.clone(),
         store: store.clone(),
+        waits: Default::default(),
     };
     let admin_task = match options.admin {
         Some(addr) => {

@@ -342,6 +342,7 @@ fn current(progress: &Progress, journal: &Journal) -> Ack {
     let Some(synced) = journal.synced() else {
         return Ack {
             through: sinks,
+            delivered: sinks,
             caught_up: progress.all_durable(journal.head()),
         };
     };
@@ -354,6 +355,7 @@ fn current(progress: &Progress, journal: &Journal) -> Ack {
     }
     Ack {
         through,
+        delivered: sinks,
         caught_up: synced.seq >= journal.head(),
     }
 }

@@ -40,6 +40,7 @@ mod supervisor;
 pub mod telemetry;
 pub mod testing;
 pub mod units;
+pub mod wait;
 
 pub use event::{Column, Event, Message, Op, Row, Source, Value};
 pub use lsn::{Lsn, Position};

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::watch;
 
 use crate::lsn::{Lsn, Position};
+use crate::wait::Applied;
 
 /// A sink's committed position.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -93,6 +94,10 @@ pub struct SinkProgress {
     state: Mutex<SinkState>,
     /// Bumped whenever a sink's durable position moves or it stops.
     changed: Arc<watch::Sender<u64>>,
+    /// Through which LSN the destination has applied every change (read-your-writes).
+    pub applied: Applied,
+    /// The pipeline's idle mark, shared with [`Progress`].
+    idle: Arc<Mutex<Option<IdleMark>>>,
 }
 
 impl SinkProgress {
@@ -131,6 +136,19 @@ impl SinkProgress {
             s.offset = offset;
             s.dirty = true;
         }
+        drop(s);
+        let idle = *self.idle.lock().unwrap();
+        let through = match idle {
+            Some(mark) if done_seq >= mark.seq => offset.flush_lsn.max(mark.wal_end),
+            _ => offset.flush_lsn,
+        };
+        tracing::trace!(sink = %self.name, done_seq, flush = %offset.flush_lsn, idle = ?idle, %through, "applied");
+        self.applied.advance(through);
+    }
+
+    /// The journal sequence number after the last entry this sink finished.
+    pub fn done_seq(&self) -> u64 {
+        self.state.lock().unwrap().done_seq
     }
 
     /// The offset committer wrote this offset durably.
@@ -198,7 +216,7 @@ struct IdleMark {
 /// (What the source knows of its upstream is in [`crate::source::SourceStatus`].)
 pub struct Progress {
     sinks: Vec<Arc<SinkProgress>>,
-    idle: Mutex<Option<IdleMark>>,
+    idle: Arc<Mutex<Option<IdleMark>>>,
     changed: Arc<watch::Sender<u64>>,
     /// Events appended to the journal.
     pub events_read: AtomicU64,
@@ -210,6 +228,7 @@ impl Progress {
     /// `sinks`: each sink's name and its committed offset from the state store.
     pub fn new(sinks: Vec<(String, Offset)>) -> Arc<Self> {
         let changed = Arc::new(watch::channel(0).0);
+        let idle = Arc::new(Mutex::new(None));
         let sinks = sinks
             .into_iter()
             .map(|(name, offset)| {
@@ -223,12 +242,14 @@ impl Progress {
                     }),
                     changed: changed.clone(),
                     oldest_in_flight_ts: AtomicI64::new(0),
+                    applied: Applied::new(offset.flush_lsn),
+                    idle: idle.clone(),
                 })
             })
             .collect();
         Arc::new(Progress {
             sinks,
-            idle: Mutex::new(None),
+            idle,
             changed,
             events_read: AtomicU64::new(0),
             transactions_read: AtomicU64::new(0),
@@ -285,6 +306,13 @@ impl Progress {
     /// `wal_end` is still needed.
     pub fn record_idle(&self, seq: u64, wal_end: Lsn) {
         *self.idle.lock().unwrap() = Some(IdleMark { seq, wal_end });
+        tracing::trace!(seq, %wal_end, "idle mark");
+        // Sinks that finished everything before it have applied everything up to it.
+        for sink in &self.sinks {
+            if sink.done_seq() >= seq {
+                sink.applied.advance(wal_end);
+            }
+        }
     }
 
     /// The source entered a transaction: the idle mark no longer describes the present.

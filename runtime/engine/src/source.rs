@@ -119,8 +119,12 @@ pub trait Source: Send {
 /// What the engine tells the upstream it may forget.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {
-    /// Every sink has durably finished (delivered or parked) everything up to here.
+    /// What the upstream may forget: every sink has durably finished (delivered or parked)
+    /// everything up to here, or, with a disk journal, the journal holds it durably.
     pub through: Lsn,
+    /// Every sink has durably finished everything up to here, whatever the journal (for a
+    /// source that removes what it published, e.g. outbox rows).
+    pub delivered: Lsn,
     /// Every sink has durably finished everything journaled so far: a good moment to ask
     /// the upstream where it stands (it may be idle, with more to confirm).
     pub caught_up: bool,

@@ -134,6 +134,7 @@ fn source_rules() {
     let outbox = s.outbox.unwrap();
     assert_eq!(outbox.table.to_string(), "public.outbox");
     assert!(!outbox.delete_after_capture);
+    assert_eq!(outbox.columns, OutboxColumns::default());
     fails(
         &with(&[(5, "  tables: [orders, public.orders]")]),
         5,
@@ -223,6 +224,29 @@ fn this_build_refuses_snapshot_initial_at_its_line() {
     let e = crate::build(&p.source).err().expect("refused");
     assert_eq!((e.line, e.key.as_str()), (6, "source.snapshot"), "{e}");
     assert!(e.message.contains("not available in this build yet"), "{e}");
+}
+
+#[test]
+fn outbox_columns_are_renamed_one_by_one() {
+    let s = source(&with(&[(
+        5,
+        "  outbox: { table: app.events, columns: { id: event_id, type: event_type } }",
+    )]));
+    let columns = &s.outbox.as_ref().unwrap().columns;
+    assert_eq!(columns.id, "event_id");
+    assert_eq!(columns.kind, "event_type");
+    assert_eq!(
+        columns.aggregate_id, "aggregate_id",
+        "the others keep their defaults"
+    );
+    assert_eq!(s.options("orders").outbox_columns, *columns);
+    let e = fails(
+        &with(&[(5, "  outbox: { table: app.events, columns: { kind: t } }")]),
+        5,
+        43,
+        "source.outbox.columns.kind",
+    );
+    assert!(e.message.contains("unknown key `kind`"), "{e}");
 }
 
 #[test]

@@ -360,6 +360,18 @@ impl DeadLetters for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(|e| self.err(e))
     }
 
+    fn dlq_before(&self, sink: &str, lsn: Lsn) -> Result<(i64, Option<String>), StateError> {
+        self.conn
+            .query_row(
+                "select count(*), (select event_id from dlq where sink = ?1 and commit_lsn < ?2
+                                    order by commit_lsn, idx limit 1)
+                   from dlq where sink = ?1 and commit_lsn < ?2",
+                params![sink, lsn.0 as i64],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .map_err(|e| self.err(e))
+    }
+
     fn dlq_has_replay(&self, sink: &str) -> Result<bool, StateError> {
         self.conn
             .query_row(

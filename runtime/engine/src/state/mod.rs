@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::lsn::Position;
+use crate::lsn::{Lsn, Position};
 use crate::progress::Offset;
 
 mod dlq;
@@ -121,6 +121,9 @@ pub trait DeadLetters {
     fn dlq_depths(&self) -> Result<Vec<(String, i64)>, StateError>;
     /// Whether replays are waiting for `sink`.
     fn dlq_has_replay(&self, sink: &str) -> Result<bool, StateError>;
+    /// How many of `sink`'s entries were committed before `lsn`, and the first one's event
+    /// id (read-your-writes: those changes are not applied).
+    fn dlq_before(&self, sink: &str, lsn: Lsn) -> Result<(i64, Option<String>), StateError>;
 }
 
 /// Everything the engine keeps.
