@@ -182,8 +182,8 @@ fn check_journal(
     let journal = &pipeline.journal;
     if journal.kind == JournalKind::Memory {
         return Ok(
-            "journal: in memory; the slot keeps what the slowest sink has not \
-                   finished (a sink that is down holds WAL on the server)"
+            "journal: in memory; the source confirms upstream only what every sink has \
+                   finished (with Postgres, a sink that is down holds WAL on the server)"
                 .into(),
         );
     }

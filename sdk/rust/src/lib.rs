@@ -55,7 +55,7 @@ mod wire;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/sluice-transform-0.1",
+        path: "wit/sluice-transform-0.1",
         world: "transformer",
         // The user crate expands `export!`, so the generated macro must be reachable from it.
         pub_export_macro: true,
