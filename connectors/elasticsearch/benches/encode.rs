@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_elasticsearch::encode::Encoder;
-use sluice_elasticsearch::template::Template;
+use sluice_elasticsearch::encode::{Encoder, TEMPLATE_RULES};
+use sluice_runtime::template::Template;
 use sluice_runtime::{testing, Event, Lsn, Op, Row, Value};
 
 const BATCH: usize = 500;
@@ -51,8 +51,8 @@ fn per_event(total: Duration) -> f64 {
 fn main() {
     let template: Vec<Arc<Event>> = (0..BATCH).map(|i| Arc::new(event(i))).collect();
     let encoder = Encoder::new(
-        Template::parse("{table}").expect("a template"),
-        Template::parse("{key}").expect("a template"),
+        Template::parse_with("{table}", TEMPLATE_RULES).expect("a template"),
+        Template::parse_with("{key}", TEMPLATE_RULES).expect("a template"),
     );
     let mut body = Vec::with_capacity(BATCH * 256);
 

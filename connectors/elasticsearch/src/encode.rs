@@ -17,10 +17,16 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
+use sluice_runtime::template::{Rules, Scope, Template};
 use sluice_runtime::{Event, Op, Row, Value};
 
-use crate::template::Template;
 use crate::version;
+
+/// How the `index` and `id` templates read: a composite `{key}` is joined by `_`, and only
+/// placeholders that are the same for every change of a row are allowed (`{op}` would
+/// send a row's delete to another document than its insert; `{event.*}` has no value on
+/// the row changes this sink writes).
+pub const TEMPLATE_RULES: Rules = Rules::new().key_separator("_").scope(Scope::Row);
 
 /// The longest document id Elasticsearch accepts, in bytes. A longer one fails the whole
 /// bulk request, so it is refused here, for its event only.
@@ -313,8 +319,8 @@ mod tests {
 
     fn encoder(index: &str, id: &str) -> Encoder {
         Encoder::new(
-            Template::parse(index).unwrap(),
-            Template::parse(id).unwrap(),
+            Template::parse_with(index, TEMPLATE_RULES).unwrap(),
+            Template::parse_with(id, TEMPLATE_RULES).unwrap(),
         )
     }
 
@@ -419,7 +425,8 @@ mod tests {
         let enc = encoder("{table}", "{key}");
         let mut keyless = change(Op::Insert, 1, 0x10);
         keyless.key = None;
-        assert!(enc.plan(&keyless).unwrap_err().contains("no key"));
+        let why = enc.plan(&keyless).unwrap_err();
+        assert!(why.contains("needs the row's key"), "{why}");
         let mut far = change(Op::Insert, 1, 0x10);
         far.source.lsn = Lsn(u64::MAX);
         assert!(enc.plan(&far).unwrap_err().contains("does not fit"));

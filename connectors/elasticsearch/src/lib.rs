@@ -3,7 +3,8 @@
 //! position so that a replayed or late event can never overwrite a newer document.
 //!
 //! - [`config`]: the sink's keys in a pipeline file;
-//! - [`template`]: `index` and `id` templates (`{table}`, `{key}`, `{key.<col>}`, …);
+//! - [`sink`]'s `index` and `id` are the engine's templates ([`sluice_runtime::template`]:
+//!   `{table}`, `{key}` joined by `_`, `{key.<col>}`, …), the same for every change of a row;
 //! - [`version`]: the external version of a change, and why it only grows per document;
 //! - [`encode`]: events as bulk actions (`index` / `delete`) and NDJSON bodies;
 //! - `connection`: the client's transport from `url`, `auth`, `tls`, `timeout`;
@@ -20,7 +21,6 @@ pub mod config;
 mod connection;
 pub mod encode;
 pub mod sink;
-pub mod template;
 mod toast;
 pub mod version;
 

@@ -15,13 +15,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 use elasticsearch::http::StatusCode;
+use sluice_runtime::template::{Scope, Template};
 use sluice_runtime::{lanes, Delivery, Event, Sink};
 
 use crate::classify::{combine, ActionKind};
 use crate::client::Client;
 use crate::config::{ElasticsearchConfig, OnTruncate};
-use crate::encode::{Encoder, Kind};
-use crate::template::Template;
+use crate::encode::{Encoder, Kind, TEMPLATE_RULES};
 use crate::toast::{self, Entry};
 use crate::ElasticsearchError;
 
@@ -50,14 +50,14 @@ impl ElasticsearchSink {
     /// Validate `config` and build the client. Reads `tls.ca_file`; does no network I/O.
     pub fn new(config: ElasticsearchConfig) -> Result<Self, ElasticsearchError> {
         let template = |field: &'static str, text: &str| {
-            Template::parse(text).map_err(|e| ElasticsearchError::Template {
+            Template::parse_with(text, TEMPLATE_RULES).map_err(|e| ElasticsearchError::Template {
                 field,
                 reason: e.to_string(),
             })
         };
         let index = template("index", &config.index)?;
         let id = template("id", &config.id)?;
-        if config.on_truncate == OnTruncate::DeleteAll && index.depends_on_row() {
+        if config.on_truncate == OnTruncate::DeleteAll && index.scope() > Scope::Table {
             return Err(ElasticsearchError::TruncateIndex {
                 index: config.index.clone(),
             });

@@ -232,9 +232,10 @@ mod tests {
     use serde_json::json;
     use sluice_runtime::{testing, Lsn, Op, Value};
 
+    use sluice_runtime::template::Template;
+
     use super::*;
-    use crate::encode::Encoder;
-    use crate::template::Template;
+    use crate::encode::{Encoder, TEMPLATE_RULES};
 
     /// An update of `orders` row `id` at `lsn` setting `status`, with `body` unchanged.
     fn toasted(id: i64, lsn: u64, status: &str) -> Event {
@@ -260,8 +261,8 @@ mod tests {
 
     fn plan_all(events: &[Event]) -> Vec<Entry<'_>> {
         let encoder = Encoder::new(
-            Template::parse("{table}").unwrap(),
-            Template::parse("{key}").unwrap(),
+            Template::parse_with("{table}", TEMPLATE_RULES).unwrap(),
+            Template::parse_with("{key}", TEMPLATE_RULES).unwrap(),
         );
         events
             .iter()

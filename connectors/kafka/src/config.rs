@@ -33,10 +33,10 @@ use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 use sluice_runtime::config::duration;
 use sluice_runtime::registry::{FieldError, SinkConfig};
+use sluice_runtime::template::Template;
 use sluice_runtime::Sink;
 
 use crate::properties::{self, Masker, Properties};
-use crate::template::Template;
 use crate::{KafkaConfigError, KafkaSink};
 
 /// Configuration of a Kafka sink.

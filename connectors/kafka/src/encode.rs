@@ -18,10 +18,10 @@
 use std::borrow::Cow;
 
 use rdkafka::message::{Header, OwnedHeaders};
+use sluice_runtime::template::{value_text, Template};
 use sluice_runtime::{Event, Op, Row, Value};
 
 use crate::config::ValueMode;
-use crate::template::{value_text, Template};
 
 /// The default topic of outbox rows and logical messages.
 pub const DEFAULT_EVENT_TOPIC: &str = "{event.aggregate_type}";

@@ -11,8 +11,8 @@
 //!   become;
 //! - [`properties`]: `properties:` passed through to librdkafka, secrets masked,
 //!   guarantee-breaking properties refused;
-//! - [`template`]: the `topic` template;
-//! - [`encode`]: an event as a message: topic, key, value, headers;
+//! - [`encode`]: an event as a message: topic, key, value, headers (the `topic` template
+//!   is the engine's [`sluice_runtime::template`]);
 //! - `producer`: one librdkafka producer: delivery reports routed to their batch, queue
 //!   space, purging while no broker answers;
 //! - `reports`: the delivery reports of one batch;
@@ -33,7 +33,6 @@ pub mod properties;
 mod reports;
 mod retry;
 pub mod sink;
-pub mod template;
 
 pub use config::{Compression, KafkaConfig, ValueMode};
 pub use sink::KafkaSink;
@@ -52,7 +51,7 @@ pub enum KafkaConfigError {
 
     /// The `topic` template does not parse.
     #[error("kafka `topic` is not a valid template: {0}")]
-    Topic(#[source] template::TemplateError),
+    Topic(#[source] sluice_runtime::template::TemplateError),
 
     /// `timeout` is below a millisecond or above librdkafka's limit.
     #[error("kafka `timeout` must be between 1ms and 24 days; write it like 10s or 1m")]

@@ -17,9 +17,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_runtime::config::{duration, Secret};
 use sluice_runtime::registry::{FieldError, SinkConfig};
+use sluice_runtime::template::{Rules, Template, TemplateError};
 use sluice_runtime::{Event, Op, Sink};
 
-use crate::template::{Template, TemplateError};
 use crate::{RabbitMqConfigError, RabbitMqSink};
 
 /// Configuration of a RabbitMQ sink.
@@ -162,9 +162,15 @@ impl RabbitMqConfig {
     }
 }
 
+/// How the `exchange` and `routing_key` templates read: a composite `{key}` is joined by
+/// `.`, because a topic exchange matches routing keys word by word with `.` between words
+/// (a binding `orders.acme.*` selects a tenant's rows); the empty template is the default
+/// exchange, or a routing key a fanout exchange ignores.
+const RULES: Rules = Rules::new().key_separator(".").allow_empty();
+
 /// Parse a name template; a constant name must fit AMQP's short string.
 fn template(field: &'static str, text: &str) -> Result<Template, RabbitMqConfigError> {
-    let template = Template::parse(text)
+    let template = Template::parse_with(text, RULES)
         .map_err(|source: TemplateError| RabbitMqConfigError::Template { field, source })?;
     if let Some(name) = template.constant() {
         if name.len() > MAX_NAME {

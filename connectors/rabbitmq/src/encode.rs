@@ -18,10 +18,10 @@
 use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
+use sluice_runtime::template::value_text;
 use sluice_runtime::{Event, Op, Row, Value};
 
 use crate::config::Body;
-use crate::template::value_text;
 
 /// `application/json`: both bodies are JSON.
 pub const CONTENT_TYPE: &str = "application/json";
@@ -67,7 +67,7 @@ pub fn properties(event: &Event) -> BasicProperties {
     text("id", id.clone());
     text("op", event.op.as_str().to_string());
     if event.source.table.is_some() {
-        text("table", crate::template::table_name(event));
+        text("table", sluice_runtime::template::table_name(event));
     }
     if let Some(kind) = &kind {
         text("type", kind.clone());

@@ -9,8 +9,8 @@
 //! was confirmed); what was not confirmed is retried. sluice never declares topology: the
 //! exchange, the queues and their bindings are the user's.
 //!
-//! - [`config`]: the sink's keys in a pipeline file;
-//! - [`template`]: `exchange` and `routing_key` templates;
+//! - [`config`]: the sink's keys in a pipeline file, and the `exchange` and `routing_key`
+//!   templates (the engine's [`sluice_runtime::template`], `{key}` joined by `.`);
 //! - [`encode`]: bodies, properties and headers;
 //! - `client`: the connection, the confirm-mode channel, exchange checks, timeouts;
 //! - `classify`: what the broker's answers and lapin's errors mean for delivery;
@@ -23,12 +23,11 @@ mod client;
 pub mod config;
 pub mod encode;
 pub mod sink;
-pub mod template;
 
 pub use config::{Body, RabbitMqConfig};
 pub use sink::RabbitMqSink;
 
-use template::TemplateError;
+use sluice_runtime::template::TemplateError;
 
 /// A RabbitMQ sink configuration that cannot work. Raised by [`RabbitMqSink::new`], before
 /// anything connects.

@@ -410,7 +410,7 @@ impl Sink for RabbitMqSink {
     /// checks that the exchange exists (a passive declare), all within `timeout`.
     async fn check(&mut self) -> Result<(), String> {
         let exchange = self.routes.exchange.constant();
-        self.client.check(exchange.as_deref()).await
+        self.client.check(exchange).await
     }
 
     async fn close(&mut self) {

@@ -27,6 +27,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use redis::{Cmd, Value};
+use sluice_runtime::template::table_name;
 use sluice_runtime::{Delivery, Event, Op, Row};
 
 use crate::batch::{group_by_keys, Call, Replies};
@@ -34,7 +35,6 @@ use crate::client::Lua;
 use crate::config::{CacheSettings, Format};
 use crate::encode::{Args, Fence, FENCE_FIELD, FENCE_SUFFIX};
 use crate::retry::script_error;
-use crate::template::table_name;
 
 /// The JSON-format script.
 const JSON_SCRIPT: &str = concat!(
@@ -452,7 +452,7 @@ mod tests {
     use super::*;
     use crate::config::OnTruncate;
     use crate::encode::args;
-    use crate::template::Template;
+    use sluice_runtime::template::Template;
     use sluice_runtime::{testing, Value as V};
 
     fn cache(key: &str, format: Format) -> Cache {

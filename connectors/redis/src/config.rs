@@ -28,9 +28,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use sluice_runtime::config::{duration, Secret};
 use sluice_runtime::registry::{FieldError, SinkConfig};
+use sluice_runtime::template::{Part, Rules, Scope, Template};
 use sluice_runtime::Sink;
 
-use crate::template::{Part, Template};
 use crate::{RedisConfigError, RedisSink};
 
 /// Configuration of a Redis sink.
@@ -204,21 +204,15 @@ impl RedisConfig {
                     ("stream", self.stream.is_some()),
                     ("maxlen", self.maxlen.is_some()),
                 ])?;
-                let key = Template::parse(self.key.as_deref().unwrap_or(DEFAULT_KEY)).map_err(
-                    |source| RedisConfigError::Template {
-                        field: "key",
-                        source,
-                    },
-                )?;
-                if let Some(part) = key
-                    .parts()
-                    .iter()
-                    .find(|p| matches!(p, Part::Op | Part::EventType | Part::AggregateType))
-                {
-                    return Err(RedisConfigError::KeyPlaceholder {
-                        placeholder: placeholder_name(part),
-                    });
-                }
+                // Every change of a row must land on the same key: no `{op}`, no `{event.*}`.
+                let key = Template::parse_with(
+                    self.key.as_deref().unwrap_or(DEFAULT_KEY),
+                    Rules::new().scope(Scope::Row),
+                )
+                .map_err(|source| RedisConfigError::Template {
+                    field: "key",
+                    source,
+                })?;
                 let on_truncate = self.on_truncate.unwrap_or_default();
                 if on_truncate == OnTruncate::Delete && !key.parts().contains(&Part::Table) {
                     return Err(RedisConfigError::TruncateNeedsTable);
@@ -289,14 +283,6 @@ impl SinkConfig for RedisConfig {
 /// Whole milliseconds, at least one.
 fn millis(d: Duration) -> Option<u64> {
     u64::try_from(d.as_millis()).ok().filter(|ms| *ms > 0)
-}
-
-fn placeholder_name(part: &Part) -> &'static str {
-    match part {
-        Part::Op => "{op}",
-        Part::EventType => "{event.type}",
-        _ => "{event.aggregate_type}",
-    }
 }
 
 #[cfg(test)]
@@ -386,7 +372,10 @@ mod tests {
         assert_eq!(field, "stream");
         let (field, message) = refused(json!({"url": "redis://h", "key": "{table}:{op}:{key}"}));
         assert_eq!(field, "key");
-        assert!(message.contains("same key"), "{message}");
+        assert!(
+            message.contains("same for every change of a row"),
+            "{message}"
+        );
     }
 
     #[test]

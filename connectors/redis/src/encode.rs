@@ -166,7 +166,9 @@ pub fn has_text(value: &Value) -> bool {
 
 /// `value` as text, as templates write it: text as it is, integers and floats in decimal
 /// (floats as in the JSON envelope), booleans as `true`/`false`, bytea as base64, json and
-/// arrays as their JSON text. NULL writes nothing (callers skip it, see [`has_text`]).
+/// arrays as their JSON text. Unlike a template, a json value that is a JSON string keeps
+/// its quotes, so a hash field holds the column's JSON as it is. NULL writes nothing
+/// (callers skip it, see [`has_text`]).
 pub fn write_value_text(value: &Value, out: &mut impl std::io::Write) {
     let written = match value {
         Value::Null => Ok(()),
@@ -315,7 +317,7 @@ mod tests {
             write_value_text(&value, &mut out);
             assert_eq!(String::from_utf8(out).unwrap(), text, "{value:?}");
             assert_eq!(
-                crate::template::value_text(&value).as_deref(),
+                sluice_runtime::template::value_text(&value).as_deref(),
                 Some(text),
                 "templates and hash fields agree on {value:?}"
             );

@@ -19,8 +19,9 @@
 //! - `stream`: stream mode, a stream's entries per script call, stopping at a failure;
 //! - `client`: the managed connection, timeouts, script loading;
 //! - `retry`: what a Redis error means for delivery;
-//! - `encode`: fences, stream ids, and arguments written straight into commands;
-//! - [`template`]: key and stream name templates.
+//! - `encode`: fences, stream ids, and arguments written straight into commands.
+//!
+//! The `key` and `stream` templates are the engine's ([`sluice_runtime::template`]).
 
 mod batch;
 mod cache;
@@ -31,14 +32,13 @@ mod order;
 mod retry;
 pub mod sink;
 mod stream;
-pub mod template;
 mod truncate;
 
 pub use config::RedisConfig;
 pub use sink::RedisSink;
 
 use config::Mode;
-use template::TemplateError;
+use sluice_runtime::template::TemplateError;
 
 /// A Redis sink configuration that cannot work. Raised by [`RedisSink::new`], before
 /// anything connects.
@@ -53,12 +53,6 @@ pub enum RedisConfigError {
         field: &'static str,
         source: TemplateError,
     },
-
-    #[error(
-        "redis `key` cannot use `{placeholder}`: every change of a row must land on the same key \
-         (use {{table}}, {{schema}}, {{pipeline}}, {{key}} or {{key.<column>}})"
-    )]
-    KeyPlaceholder { placeholder: &'static str },
 
     #[error(
         "redis `on_truncate: delete` finds a table's keys through the `key` template, \
@@ -90,7 +84,6 @@ impl RedisConfigError {
         match self {
             RedisConfigError::Url { .. } => "url",
             RedisConfigError::Template { field, .. } => field,
-            RedisConfigError::KeyPlaceholder { .. } => "key",
             RedisConfigError::TruncateNeedsTable => "on_truncate",
             RedisConfigError::OtherMode { field, .. } => field,
             RedisConfigError::ShortTtl { field } => field,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redis::Value;
 use sluice_runtime::sink::Pending;
+use sluice_runtime::template::table_name;
 use sluice_runtime::{lanes, Delivery, Event, Sink};
 
 use crate::batch::{run_rounds, Call, Step, Work};
@@ -24,7 +25,6 @@ use crate::client::{Client, Lua};
 use crate::config::{OnTruncate, RedisConfig, Settings};
 use crate::order::{place, Chain, Gate, Ticket, BEHIND_A_RETRY};
 use crate::stream::Stream;
-use crate::template::table_name;
 use crate::{truncate, RedisConfigError};
 
 /// How many batches the sink has in flight: one runs on the server while the engine

@@ -190,7 +190,7 @@ impl Stream {
 mod tests {
     use super::*;
     use crate::encode::args;
-    use crate::template::Template;
+    use sluice_runtime::template::Template;
     use sluice_runtime::{testing, Op};
 
     fn stream(template: &str, maxlen: Option<u64>) -> Stream {

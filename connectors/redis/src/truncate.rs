@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use redis::Value;
+use sluice_runtime::template::{table_name, Part};
 use sluice_runtime::{Delivery, Event};
 
 use crate::cache::{Cache, MAX_ROWS_PER_CALL};
@@ -18,7 +19,6 @@ use crate::client::Client;
 use crate::config::Format;
 use crate::encode::{Fence, FENCE_SUFFIX};
 use crate::retry::reply_error;
-use crate::template::{table_name, Part};
 
 /// How many keys a SCAN step asks for, and a delete round trip carries.
 const KEYS_PER_ROUND_TRIP: usize = 1000;
@@ -113,7 +113,8 @@ fn pattern(cache: &Cache, event: &Event) -> Result<String, String> {
                     .ok_or_else(|| "a truncate without its table".to_string())?;
                 glob_escape(name, &mut pattern);
             }
-            Part::Key | Part::KeyColumn(_) | Part::Op | Part::EventType | Part::AggregateType => {
+            // Key placeholders (and any the configuration refuses in a key) match anything.
+            _ => {
                 if !pattern.ends_with('*') {
                     pattern.push('*');
                 }
@@ -167,7 +168,7 @@ fn glob_escape(text: &str, pattern: &mut String) {
 mod tests {
     use super::*;
     use crate::config::{CacheSettings, OnTruncate};
-    use crate::template::Template;
+    use sluice_runtime::template::Template;
     use sluice_runtime::{testing, Op};
 
     fn cache(key: &str) -> Cache {

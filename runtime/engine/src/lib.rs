@@ -16,6 +16,7 @@
 //! - [`registry`]: which source and sink types a build knows, as tables;
 //! - [`admin`]: health, readiness, metrics and status over HTTP;
 //! - [`telemetry`]: metrics, counted on the hot path with atomics, rendered per scrape;
+//! - [`template`]: names sinks derive from events (`{table}:{key}`, `{schema}.{table}`);
 //! - [`testing`]: events for unit tests of sinks and stages.
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod source;
 pub mod state;
 mod supervisor;
 pub mod telemetry;
+pub mod template;
 pub mod testing;
 pub mod units;
 pub mod wait;
