@@ -27,32 +27,49 @@ pub struct SinkRow {
     pub needs: &'static [&'static str],
     /// Run the throughput workloads through it.
     pub throughput: bool,
-    /// Run the commit→sink latency test through it (webhook rows only: the latency is
-    /// timed by the bench's receiver).
-    pub latency: bool,
+    /// Which latency test runs through it, if any.
+    pub latency: Latency,
+}
+
+/// How a row's latency is measured (under `--latency-rate` for `--latency-secs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latency {
+    /// No latency test.
+    No,
+    /// Commit→sink: every envelope timed by the bench's webhook receiver (webhook rows).
+    Receiver,
+    /// Read-your-writes: a probe commits a row, takes `pg_current_wal_insert_lsn()` and
+    /// `GET /wait`s on the sink, timed from the commit to the answer; once idle, once under
+    /// the steady load.
+    Wait,
 }
 
 /// Every sink the benchmark runs. Adding a sink is one line here.
 #[rustfmt::skip]
 pub const SINKS: &[SinkRow] = &[
-    SinkRow { name: "blackhole",       sink: "{ type: blackhole }",                               extra: "", needs: &[], throughput: true,  latency: false },
+    SinkRow { name: "blackhole",       sink: "{ type: blackhole }",                               extra: "", needs: &[], throughput: true,  latency: Latency::No },
     // The same with the journal in memory: what the durable journal costs.
-    SinkRow { name: "blackhole-memory", sink: "{ type: blackhole }", extra: "journal: { type: memory }\n", needs: &[], throughput: true, latency: false },
-    SinkRow { name: "file",            sink: "{ type: file, path: \"$DIR/events.jsonl\" }",       extra: "", needs: &[], throughput: true,  latency: false },
-    SinkRow { name: "webhook",         sink: "{ type: webhook, url: \"$WEBHOOK\" }",              extra: "", needs: &[], throughput: true,  latency: true },
-    SinkRow { name: "webhook-batch",   sink: "{ type: webhook, url: \"$WEBHOOK\", batch: true }", extra: "", needs: &[], throughput: true,  latency: true },
+    SinkRow { name: "blackhole-memory", sink: "{ type: blackhole }", extra: "journal: { type: memory }\n", needs: &[], throughput: true, latency: Latency::No },
+    SinkRow { name: "file",            sink: "{ type: file, path: \"$DIR/events.jsonl\" }",       extra: "", needs: &[], throughput: true,  latency: Latency::No },
+    SinkRow { name: "webhook",         sink: "{ type: webhook, url: \"$WEBHOOK\" }",              extra: "", needs: &[], throughput: true,  latency: Latency::Receiver },
+    SinkRow { name: "webhook-batch",   sink: "{ type: webhook, url: \"$WEBHOOK\", batch: true }", extra: "", needs: &[], throughput: true,  latency: Latency::Receiver },
     // The cost of the WebAssembly host: blackhole behind a trivial transform, one that maps
     // each event to itself (identity: every event crosses back) and one that keeps it.
-    SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", extra: "", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: false },
-    SinkRow { name: "blackhole-keep",  sink: "{ type: blackhole, transforms: [ { name: passthrough, wasm: \"${SLUICE_BENCH_PASSTHROUGH_WASM}\" } ] }", extra: "", needs: &["SLUICE_BENCH_PASSTHROUGH_WASM"], throughput: true, latency: false },
+    SinkRow { name: "blackhole-wasm",  sink: "{ type: blackhole, transforms: [ { name: identity, wasm: \"${SLUICE_BENCH_IDENTITY_WASM}\" } ] }", extra: "", needs: &["SLUICE_BENCH_IDENTITY_WASM"], throughput: true, latency: Latency::No },
+    SinkRow { name: "blackhole-keep",  sink: "{ type: blackhole, transforms: [ { name: passthrough, wasm: \"${SLUICE_BENCH_PASSTHROUGH_WASM}\" } ] }", extra: "", needs: &["SLUICE_BENCH_PASSTHROUGH_WASM"], throughput: true, latency: Latency::No },
     // Servers the bench starts itself when the variable is unset (see services.rs). The
     // stream row keeps each stream to about 100k entries, as a deployment would.
-    SinkRow { name: "redis",           sink: "{ type: redis, url: \"${REDIS_URL}\" }",           extra: "", needs: &["REDIS_URL"], throughput: true, latency: false },
-    SinkRow { name: "redis-hash",      sink: "{ type: redis, url: \"${REDIS_URL}\", format: hash }", extra: "", needs: &["REDIS_URL"], throughput: true, latency: false },
-    SinkRow { name: "redis-stream",    sink: "{ type: redis, url: \"${REDIS_URL}\", mode: stream, maxlen: 100000 }", extra: "", needs: &["REDIS_URL"], throughput: true, latency: false },
-    SinkRow { name: "kafka",           sink: "{ type: kafka, brokers: \"${KAFKA_BROKERS}\", topic: sluice-bench }", extra: "", needs: &["KAFKA_BROKERS"], throughput: true, latency: false },
-    SinkRow { name: "rabbitmq",        sink: "{ type: rabbitmq, url: \"${RABBITMQ_URL}\", exchange: bench }", extra: "", needs: &["RABBITMQ_URL"], throughput: true, latency: false },
-    SinkRow { name: "elasticsearch",   sink: "{ type: elasticsearch, url: \"${ELASTICSEARCH_URL}\" }", extra: "", needs: &["ELASTICSEARCH_URL"], throughput: true, latency: false },
+    SinkRow { name: "redis",           sink: "{ type: redis, url: \"${REDIS_URL}\" }",           extra: "", needs: &["REDIS_URL"], throughput: true, latency: Latency::No },
+    SinkRow { name: "redis-hash",      sink: "{ type: redis, url: \"${REDIS_URL}\", format: hash }", extra: "", needs: &["REDIS_URL"], throughput: true, latency: Latency::No },
+    SinkRow { name: "redis-stream",    sink: "{ type: redis, url: \"${REDIS_URL}\", mode: stream, maxlen: 100000 }", extra: "", needs: &["REDIS_URL"], throughput: true, latency: Latency::No },
+    SinkRow { name: "kafka",           sink: "{ type: kafka, brokers: \"${KAFKA_BROKERS}\", topic: sluice-bench }", extra: "", needs: &["KAFKA_BROKERS"], throughput: true, latency: Latency::No },
+    SinkRow { name: "rabbitmq",        sink: "{ type: rabbitmq, url: \"${RABBITMQ_URL}\", exchange: bench }", extra: "", needs: &["RABBITMQ_URL"], throughput: true, latency: Latency::No },
+    SinkRow { name: "elasticsearch",   sink: "{ type: elasticsearch, url: \"${ELASTICSEARCH_URL}\" }", extra: "", needs: &["ELASTICSEARCH_URL"], throughput: true, latency: Latency::No },
+    // Read-your-writes: the wait of an application that writes, takes the token and waits
+    // for its Redis cache (targets: p99 ≤ 20 ms idle, ≤ 50 ms under 10k changes/s).
+    SinkRow { name: "ryw",             sink: "{ type: redis, url: \"${REDIS_URL}\" }",           extra: "", needs: &["REDIS_URL"], throughput: false, latency: Latency::Wait },
+    // The same with batches that linger 1 ms instead of 10 ms: a lone change goes out sooner.
+    SinkRow { name: "ryw-1ms",         sink: "{ type: redis, url: \"${REDIS_URL}\", delivery: { batch: { max_wait: 1ms } } }", extra: "", needs: &["REDIS_URL"], throughput: false, latency: Latency::Wait },
 ];
 
 impl SinkRow {
@@ -263,6 +280,16 @@ impl SluiceProcess {
         }
     }
 
+    /// `GET /wait?sink=SINK&lsn=TOKEN&timeout=TIMEOUT` (read-your-writes): the answer's
+    /// status, 200 once the sink applied every change committed up to `token`.
+    pub async fn wait(&self, sink: &str, token: &str, timeout: &str) -> Result<u16> {
+        let path = format!("/wait?sink={sink}&lsn={token}&timeout={timeout}");
+        let (status, _) = http_request(self.admin, &path, Duration::from_secs(90))
+            .await
+            .with_context(|| format!("GET {path}: no answer"))?;
+        Ok(status)
+    }
+
     /// CPU time sluice has used so far, in seconds.
     pub fn cpu_seconds(&self) -> Option<f64> {
         crate::cpu::process_seconds(self.child.id()?)
@@ -311,6 +338,15 @@ impl SluiceProcess {
 /// A plain HTTP/1.0 GET of `path` on 127.0.0.1:`port`: the body of a 200 answer, `None`
 /// when nothing answers (yet) or the answer is not a 200.
 async fn http_get(port: u16, path: &str) -> Option<String> {
+    match http_request(port, path, Duration::from_secs(5)).await? {
+        (200, body) => Some(body),
+        _ => None,
+    }
+}
+
+/// A plain HTTP/1.0 GET of `path` on 127.0.0.1:`port`: the status and body, `None` when
+/// nothing answers within `timeout`.
+async fn http_request(port: u16, path: &str, timeout: Duration) -> Option<(u16, String)> {
     let fetch = async {
         let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -323,12 +359,8 @@ async fn http_get(port: u16, path: &str) -> Option<String> {
         stream.read_to_end(&mut response).await.ok()?;
         let text = String::from_utf8(response).ok()?;
         let (head, body) = text.split_once("\r\n\r\n")?;
-        head.starts_with("HTTP/1.1 200")
-            .then(|| body.to_string())
-            .or_else(|| head.starts_with("HTTP/1.0 200").then(|| body.to_string()))
+        let status = head.split(' ').nth(1)?.parse().ok()?;
+        Some((status, body.to_string()))
     };
-    tokio::time::timeout(Duration::from_secs(5), fetch)
-        .await
-        .ok()
-        .flatten()
+    tokio::time::timeout(timeout, fetch).await.ok().flatten()
 }

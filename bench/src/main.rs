@@ -5,13 +5,16 @@
 //! its start until it has consumed past the workload's marker (see [`workload`]), and
 //! drops its slot. `pg_recvlogical` with pgoutput to /dev/null is the ceiling; every
 //! sluice row is divided by it. A latency run sends a steady load through sluice to the
-//! bench's own webhook receiver, which times each envelope from its commit. Everything
-//! ends in one table (Markdown) on stdout, and in `--out` if given.
+//! bench's own webhook receiver, which times each envelope from its commit; a
+//! read-your-writes run (row `ryw`) times an application's write→token→`/wait` on a Redis
+//! cache, idle and under the same steady load. Everything ends in one table (Markdown) on
+//! stdout, and in `--out` if given.
 //!
 //! Run it with `bash scripts/bench.sh` (release builds of sluice and this binary).
 
 mod consumers;
 mod cpu;
+mod outage;
 mod receiver;
 mod report;
 mod services;
@@ -25,7 +28,7 @@ use clap::Parser;
 use sluice_testkit::Postgres;
 use tokio_postgres::Client;
 
-use consumers::{SinkRow, SluiceProcess, SINKS};
+use consumers::{Latency, SinkRow, SluiceProcess, SINKS};
 use receiver::Receiver;
 use report::{percentile, secs, Row};
 use services::Services;
@@ -75,6 +78,20 @@ struct Args {
     /// Also write the table (with the machine and the command) to this file.
     #[arg(long)]
     out: Option<PathBuf>,
+
+    /// The journal's outage scenario: two webhook sinks under a steady `--outage-rate`, one
+    /// of them down for this many seconds (0 skips it). Reports the healthy sink's latency,
+    /// the most WAL the slot kept on the server, and the returning sink's catch-up rate.
+    #[arg(long, default_value_t = 0)]
+    outage_secs: u64,
+
+    /// The outage scenario's webhooks send a batch per request (`batch: true`).
+    #[arg(long)]
+    outage_batch: bool,
+
+    /// The steady rate of the outage scenario, in changes per second.
+    #[arg(long, default_value_t = 2_000)]
+    outage_rate: u64,
 
     /// Another sluice binary (an earlier build, say) to run beside this one on every sluice
     /// row, in the same rounds on the same WAL: its rows are labelled `baseline → …`.
@@ -158,9 +175,15 @@ async fn main() -> Result<()> {
     }
     if bench.args.latency_rate > 0 && bench.args.latency_secs > 0 {
         let mut next_id = 10 * bench.args.rows + 1;
-        for sink in bench.sinks.iter().filter(|s| s.latency) {
+        for sink in &bench.sinks {
             for (label, bin) in &bench.binaries {
-                rows.push(bench.latency(label, bin, sink, next_id).await);
+                match sink.latency {
+                    Latency::No => continue,
+                    Latency::Receiver => rows.push(bench.latency(label, bin, sink, next_id).await),
+                    Latency::Wait => {
+                        rows.extend(bench.read_your_writes(label, bin, sink, next_id).await)
+                    }
+                }
                 next_id += bench.args.latency_rate * bench.args.latency_secs;
             }
         }
@@ -171,6 +194,9 @@ async fn main() -> Result<()> {
         load_average(),
         report::table(&rows)
     );
+    if bench.args.outage_secs > 0 {
+        text.push_str(&bench.outage().await);
+    }
     if !skipped.is_empty() {
         text.push_str(&format!("\nskipped: {}\n", skipped.join(", ")));
     }
@@ -182,6 +208,42 @@ async fn main() -> Result<()> {
 }
 
 impl Bench {
+    /// The outage scenario ([`outage`]) with this build, as a paragraph for the report.
+    async fn outage(&self) -> String {
+        let (rate, down) = (self.args.outage_rate, self.args.outage_secs);
+        let first_id = 100 * self.args.rows + 1;
+        self.quiet().await;
+        let (_, bin) = &self.binaries[0];
+        eprintln!("bench: outage: {rate}/s, one sink down for {down} s");
+        match outage::run(
+            bin,
+            &self.pg.url(),
+            &self.client,
+            &self.receiver,
+            outage::Scenario {
+                rate,
+                down_secs: down,
+                first_id,
+                batched: self.args.outage_batch,
+            },
+        ).await {
+            Ok(o) => format!(
+                "\noutage: {rate} changes/s for {} s{}, sink `down` down for {down} s from t = 10 s: \
+                 sink `healthy` commit→delivery p50 {:.1} ms, p99 {:.1} ms; the slot kept at most \
+                 {:.1} MB of WAL; `down` caught up on {} events at {:.0} events/s ({} events in all)\n",
+                down + 20,
+                if self.args.outage_batch { " (webhooks with batch: true)" } else { "" },
+                o.healthy_p50_ms,
+                o.healthy_p99_ms,
+                o.max_retained_mb,
+                o.backlog,
+                o.catch_up_per_sec,
+                o.events
+            ),
+            Err(e) => format!("\noutage: failed: {e:#}\n"),
+        }
+    }
+
     /// The processes whose CPU is the benchmark's own: this one, the postmaster and the
     /// servers started for the sinks (asked each time: a server restarted to empty it has
     /// a new pid).
@@ -430,6 +492,190 @@ impl Bench {
         );
         row
     }
+
+    /// Read-your-writes through the sluice binary `bin` with `sink` (the `ryw` row): for
+    /// `--latency-secs`, a probe commits one row every [`PROBE_EVERY`], takes
+    /// `pg_current_wal_insert_lsn()` and waits on the sink with `GET /wait`, timed from the
+    /// commit's return to the 200; first with nothing else running (idle), then beside the
+    /// steady load of the latency runs (`--latency-rate`). Two rows, idle and loaded, whose
+    /// `events` are the waits answered 200.
+    async fn read_your_writes(
+        &self,
+        bin_label: &str,
+        bin: &Path,
+        sink: &SinkRow,
+        first_id: u64,
+    ) -> Vec<Row> {
+        let (rate, duration) = (self.args.latency_rate, self.args.latency_secs);
+        let consumer = format!("{bin_label} → {} (write→token→/wait)", sink.name);
+        let mut idle = Row {
+            workload: format!("read-your-writes, idle, {duration} s"),
+            consumer: consumer.clone(),
+            ..Row::default()
+        };
+        let mut loaded = Row {
+            workload: format!("read-your-writes, steady {}/s, {duration} s", count(rate)),
+            consumer,
+            ..Row::default()
+        };
+        let slot = format!("bench_ryw_{bin_label}_{}", sink.name).replace('-', "_");
+        let result = async {
+            self.services.reset()?;
+            // Synchronous commits, as in production (and as the steady load's): the
+            // walsender sends only flushed WAL, so an asynchronous commit would wait for
+            // the WAL writer (wal_writer_delay, 200 ms) before any sink could see it.
+            let probe = self.pg.client().await;
+            probe.batch_execute("set synchronous_commit = on").await?;
+            let mut process = SluiceProcess::start(
+                bin,
+                &self.pg.url(),
+                sink,
+                &slot,
+                &self.receiver.url,
+                self.services.env(),
+            )?;
+            let measured = async {
+                let startup = secs(process.wait_streaming(Duration::from_secs(60)).await?);
+                let duration = Duration::from_secs(duration);
+                // Probe rows have negative ids: never one of the load's.
+                let mut next_probe = -1;
+
+                self.quiet().await;
+                let before = cpu::sample(&self.ours());
+                let waits = probe_waits(&probe, &process, sink.name, duration, next_probe).await?;
+                idle.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
+                next_probe -= waits.count;
+                waits.into_row(&mut idle, startup, RYW_TARGET_IDLE_MS);
+
+                self.quiet().await;
+                let before = cpu::sample(&self.ours());
+                let (written, waits) = tokio::join!(
+                    workload::steady(&self.client, first_id, rate, duration.as_secs()),
+                    probe_waits(&probe, &process, sink.name, duration, next_probe),
+                );
+                loaded.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
+                written?;
+                waits?.into_row(&mut loaded, startup, RYW_TARGET_LOADED_MS);
+                anyhow::Ok(())
+            }
+            .await;
+            loaded.rss_mb = process.peak_rss_mb();
+            let stopped = process.stop().await;
+            measured?;
+            stopped
+        }
+        .await;
+        if let Err(e) = result {
+            for row in [&mut idle, &mut loaded] {
+                if row.p99_ms.is_none() {
+                    row.note = format!("{e:#}");
+                }
+            }
+        }
+        if let Err(e) = workload::drop_slot(&self.client, &slot).await {
+            loaded.note = format!("{} {e:#}", loaded.note);
+        }
+        for row in [&idle, &loaded] {
+            eprintln!("bench: {}: {} {}", row.workload, row.consumer, summary(row));
+        }
+        vec![idle, loaded]
+    }
+}
+
+/// Read-your-writes targets from the issue: p99 of the wait, idle and under 10k changes/s.
+const RYW_TARGET_IDLE_MS: f64 = 20.0;
+const RYW_TARGET_LOADED_MS: f64 = 50.0;
+
+/// How often a read-your-writes probe writes and waits (100 per second): an application's
+/// requests, not a load of their own.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// What a run of read-your-writes probes saw.
+struct Waits {
+    /// Probes run (rows written).
+    count: i64,
+    /// Commit→200 of each probe answered 200, µs, sorted.
+    took_us: Vec<u64>,
+    /// The other answers: (status, how many).
+    other: Vec<(u16, u64)>,
+}
+
+impl Waits {
+    /// The percentiles into `row`, with a note when answers were not 200 or the p99
+    /// missed `target_ms`.
+    fn into_row(self, row: &mut Row, startup: f64, target_ms: f64) {
+        let ms = |p| percentile(&self.took_us, p).map(|us| us as f64 / 1000.0);
+        row.startup = Some(startup);
+        row.events = self.took_us.len() as u64;
+        row.p50_ms = ms(50.0);
+        row.p99_ms = ms(99.0);
+        let mut notes: Vec<String> = self
+            .other
+            .iter()
+            .map(|(status, n)| format!("{n} of {} waits answered {status}", self.count))
+            .collect();
+        if let Some(p99) = row.p99_ms.filter(|p99| *p99 > target_ms) {
+            notes.push(format!(
+                "p99 {p99:.1} ms is above the {target_ms} ms target"
+            ));
+        }
+        row.note = notes.join("; ");
+    }
+}
+
+/// For `duration`, every [`PROBE_EVERY`]: commit one row (id `first_id`, then downwards;
+/// an update when an earlier run wrote it),
+/// take the token `pg_current_wal_insert_lsn()` after the COMMIT, and `GET /wait` on `sink`
+/// until it answers, timing the commit's return to the answer.
+async fn probe_waits(
+    client: &Client,
+    process: &SluiceProcess,
+    sink: &str,
+    duration: Duration,
+    first_id: i64,
+) -> Result<Waits> {
+    let mut waits = Waits {
+        count: 0,
+        took_us: Vec::new(),
+        other: Vec::new(),
+    };
+    let mut tick = tokio::time::interval(PROBE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        tick.tick().await;
+        let id = first_id - waits.count;
+        client
+            .execute(
+                &format!(
+                    "insert into {} (id, account, status, amount, note, updated_at)
+                     values ({id}, 0, 'probe', 0, 'read-your-writes', now())
+                     on conflict (id) do update set updated_at = now()",
+                    workload::TABLE
+                ),
+                &[],
+            )
+            .await
+            .context("writing a read-your-writes probe")?;
+        let committed = Instant::now();
+        let token: String = client
+            .query_one("select pg_current_wal_insert_lsn()::text", &[])
+            .await?
+            .get(0);
+        let status = process.wait(sink, &token, "10s").await?;
+        let took = committed.elapsed();
+        waits.count += 1;
+        if status == 200 {
+            waits.took_us.push(took.as_micros() as u64);
+        } else {
+            match waits.other.iter_mut().find(|(s, _)| *s == status) {
+                Some((_, n)) => *n += 1,
+                None => waits.other.push((status, 1)),
+            }
+        }
+    }
+    waits.took_us.sort_unstable();
+    Ok(waits)
 }
 
 /// A progress line for stderr.

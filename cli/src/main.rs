@@ -91,7 +91,7 @@ enum Command {
     /// Wait until sinks have applied a commit (read-your-writes), through the running
     /// pipeline's admin server.
     ///
-    /// The token is the application's `SELECT pg_current_wal_lsn()` after its COMMIT.
+    /// The token is the application's `SELECT pg_current_wal_insert_lsn()` after its COMMIT.
     /// Exit 0 once every named sink applied every change committed at or before it; 1 when
     /// the time runs out or a change before it is in a sink's DLQ; 2 for bad input.
     Wait {

@@ -51,7 +51,7 @@ pub async fn run(path: &Path, accept_journal_gap: bool) -> Result<(), Failure> {
                 retention: pipeline.journal.retention,
                 segment_bytes: pipeline.journal.segment_bytes,
             },
-            capacity: JOURNAL_MEMORY,
+            capacity: JOURNAL_DISK_MEMORY,
             accept_gap: accept_journal_gap,
         },
     };
@@ -72,9 +72,13 @@ pub async fn run(path: &Path, accept_journal_gap: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Journal entries kept in memory: all of them for a memory journal (the slowest sink's
-/// reach), the newest for a disk journal (sinks further behind read the files).
+/// Journal entries kept in memory by a memory journal: the slowest sink's reach.
 const JOURNAL_MEMORY: usize = 16 * 1024;
+
+/// The newest journal entries a disk journal also keeps in memory: a sink within them reads
+/// no file. Large enough that a sink a little behind a burst (a big transaction arriving at
+/// its commit) stays in memory: reading back from the files costs a decode per entry.
+const JOURNAL_DISK_MEMORY: usize = 32 * 1024;
 
 /// First SIGINT/SIGTERM: drain. Second: abort retries and leave.
 async fn handle_signals(shutdown: Shutdown) {

@@ -1,6 +1,6 @@
 //! `sluice wait`: read-your-writes for scripts. Waits, through the running pipeline's admin
 //! server (`GET /wait`), until the named sinks have applied every change committed at or
-//! before an LSN (the application's `SELECT pg_current_wal_lsn()` after its COMMIT).
+//! before an LSN (the application's `SELECT pg_current_wal_insert_lsn()` after its COMMIT).
 
 use std::path::Path;
 use std::time::Duration;

@@ -484,7 +484,8 @@ const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `GET /wait?sink=S[&sink=T]&lsn=X[&timeout=2s]`: answer once every named sink has applied
 /// every change committed at or before LSN `X` (read-your-writes: `X` is
-/// `pg_current_wal_lsn()` after the application's COMMIT). 200 with each sink's applied
+/// `pg_current_wal_insert_lsn()` after the application's COMMIT; `pg_current_wal_lsn()` is
+/// the same with `synchronous_commit = on`). 200 with each sink's applied
 /// position; 409 when it is applied but a change committed before `X` waits in a sink's DLQ
 /// (the read may miss it); 408 when `timeout` (default 5s, at most 60s) ran out; 404 for an
 /// unknown sink; 400 naming a malformed or missing parameter.
@@ -520,7 +521,7 @@ async fn wait(
                 StatusCode::BAD_REQUEST,
                 format!(
                     "`lsn`: `{}` is not an LSN like 0/16B3748 (the application's \
-                     `SELECT pg_current_wal_lsn()` after its COMMIT)",
+                     `SELECT pg_current_wal_insert_lsn()` after its COMMIT)",
                     one("lsn").unwrap_or_default()
                 ),
             )
@@ -528,7 +529,7 @@ async fn wait(
         None => {
             return bad(
                 StatusCode::BAD_REQUEST,
-                "`lsn`: give the token, e.g. lsn=0/16B3748 (`SELECT pg_current_wal_lsn()` after COMMIT)"
+                "`lsn`: give the token, e.g. lsn=0/16B3748 (`SELECT pg_current_wal_insert_lsn()` after COMMIT)"
                     .into(),
             )
         }
