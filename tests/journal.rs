@@ -345,9 +345,20 @@ async fn a_full_journal_pauses_the_source_says_so_and_drops_nothing() {
         bytes <= 256.0 * 1024.0,
         "{bytes} bytes kept with max_bytes 256KiB"
     );
-    let (ready, body) = http_get(&sluice, port, "/readyz").await;
-    assert_eq!(ready, 503, "not ready while the source waits: {body}");
-    assert!(body.contains("journal.max_bytes"), "{body}");
+    // Not ready while the source waits (the budget is reached in steps: wait for it).
+    let body = eventually(
+        Duration::from_secs(30),
+        "/readyz to say the journal is full",
+        async || {
+            let (ready, body) = http_get(&sluice, port, "/readyz").await;
+            (ready == 503 && body.contains("journal.max_bytes")).then_some(body)
+        },
+    )
+    .await;
+    // It stays full while b is down: no flapping.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (ready, again) = http_get(&sluice, port, "/readyz").await;
+    assert_eq!(ready, 503, "{body} then {again}");
     let status =
         String::from_utf8(harness::sluice::command(&dir, &["status", "pipeline.yaml"]).stdout)
             .unwrap();

@@ -396,11 +396,12 @@ impl Journal {
         }
     }
 
-    /// How many more entries fit in `max_bytes`, counting what is queued for the writer at
-    /// the average size of what is written (so the files stay within the budget, give or
-    /// take how far entries differ from the average). When every sink has finished
-    /// everything, at least one entry fits whatever its size: waiting would free nothing.
-    fn room(&self, disk: &Disk) -> u64 {
+    /// How many more entries fit in `max_bytes`, and how many bytes are free, counting what
+    /// is queued for the writer at the average size of what is written (so the files stay
+    /// within the budget, give or take how far entries differ from the average). When
+    /// every sink has finished everything, at least one entry fits whatever its size:
+    /// waiting would free nothing.
+    fn room(&self, disk: &Disk) -> (u64, u64) {
         let head = self.head();
         let (bytes, first) = (disk.log.bytes(), disk.log.first_seq());
         let written = disk.log.written.load(Relaxed);
@@ -411,26 +412,36 @@ impl Journal {
             n => bytes.div_ceil(n),
         };
         let used = bytes + head.saturating_sub(written) * average;
-        let room = disk.log.config.max_bytes.saturating_sub(used) / average;
+        let free = disk.log.config.max_bytes.saturating_sub(used);
+        let room = free / average;
         if room == 0 && disk.finished.load(Relaxed) >= head {
-            return 1;
+            return (1, free);
         }
-        room
+        (room, free)
     }
 
     /// One attempt to append to a disk journal: the first entries that fit. Returns how
     /// many were taken and the new head.
     fn append_disk(&self, disk: &Disk, entries: &[Entry]) -> Result<(usize, u64), Wait> {
-        let mut room = self.room(disk);
+        let (mut room, mut free) = self.room(disk);
         if room < entries.len() as u64 {
             let finished = disk.finished.load(Relaxed);
             if let Err(e) = disk.log.trim(finished, true) {
                 tracing::error!("journal: {e}");
             }
-            room = self.room(disk);
+            (room, free) = self.room(disk);
             if room == 0 {
                 return Err(Wait::Space);
             }
+        }
+        // Once full, the source goes on only when a good part is free again (a trimmed
+        // segment, or a quarter of the budget), not for every entry that fits: no flapping.
+        let config = &disk.log.config;
+        if disk.full.load(Relaxed)
+            && free < config.segment_bytes.min(config.max_bytes / 4)
+            && disk.finished.load(Relaxed) < self.head()
+        {
+            return Err(Wait::Space);
         }
         let written = disk.log.written.load(Relaxed);
         let mut inner = self.inner.lock().unwrap();
