@@ -263,31 +263,12 @@ struct Chunk {
     items: Vec<ActionKind>,
 }
 
-/// The batch as segments: runs of row changes, and each barrier (a truncate) alone.
-fn segments(batch: &[Arc<Event>]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, event) in batch.iter().enumerate() {
-        if event.ordering_key().is_none() {
-            if start < i {
-                out.push(start..i);
-            }
-            out.push(i..i + 1);
-            start = i + 1;
-        }
-    }
-    if start < batch.len() {
-        out.push(start..batch.len());
-    }
-    out
-}
-
 #[async_trait]
 impl Sink for ElasticsearchSink {
     async fn write(&mut self, batch: &[Arc<Event>]) -> Vec<Delivery> {
         let mut answers: Vec<Delivery> = Vec::with_capacity(batch.len());
         let mut blocked = false;
-        for segment in segments(batch) {
+        for segment in lanes::barrier_ranges(batch) {
             let events = &batch[segment];
             if blocked {
                 // A segment before did not wholly get through: a barrier stands between.
@@ -315,7 +296,7 @@ impl Sink for ElasticsearchSink {
 
 #[cfg(test)]
 mod tests {
-    use sluice_runtime::{testing, Op};
+    use sluice_runtime::testing;
 
     use super::*;
     use crate::config::ByteSize;
@@ -346,16 +327,6 @@ mod tests {
         assert_eq!(e.field(), "on_truncate");
         assert!(e.to_string().contains("{table}-{key.tenant}"), "{e}");
         assert_eq!(field(ElasticsearchConfig::new("nope")), "url");
-    }
-
-    #[test]
-    fn truncates_cut_the_batch_into_segments() {
-        let insert = |i| testing::insert("t", 0x10, i);
-        let truncate = |i| Arc::new(testing::event("t", Op::Truncate, 0x10, i));
-        let batch = vec![insert(0), insert(1), truncate(2), truncate(3), insert(4)];
-        assert_eq!(segments(&batch), vec![0..2, 2..3, 3..4, 4..5]);
-        assert_eq!(segments(&batch[2..3]), vec![0..1]);
-        assert!(segments(&[]).is_empty());
     }
 
     #[test]

@@ -13,7 +13,6 @@
 //! event id per key, ends at each key's last change.
 
 use std::collections::{HashMap, HashSet};
-use std::ops::Range;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -393,7 +392,7 @@ impl Sink for RabbitMqSink {
     async fn write(&mut self, batch: &[Arc<Event>]) -> Vec<Delivery> {
         let mut answers = Vec::with_capacity(batch.len());
         let mut blocked = false;
-        for range in segments(batch) {
+        for range in lanes::barrier_ranges(batch) {
             let events = &batch[range];
             let got = if blocked {
                 vec![Delivery::Deferred; events.len()]
@@ -416,25 +415,6 @@ impl Sink for RabbitMqSink {
     async fn close(&mut self) {
         self.client.close().await;
     }
-}
-
-/// The batch cut at barriers: runs of keyed events, and each barrier alone.
-fn segments(batch: &[Arc<Event>]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, event) in batch.iter().enumerate() {
-        if event.ordering_key().is_none() {
-            if start < i {
-                out.push(start..i);
-            }
-            out.push(i..i + 1);
-            start = i + 1;
-        }
-    }
-    if start < batch.len() {
-        out.push(start..batch.len());
-    }
-    out
 }
 
 /// Answer the events of the messages the broker returned as unroutable. A returned message
@@ -485,17 +465,6 @@ mod tests {
         let mut config = config;
         config["url"] = url.into();
         RabbitMqSink::new(serde_json::from_value(config).unwrap()).unwrap()
-    }
-
-    #[test]
-    fn batches_are_cut_at_truncates() {
-        let insert = |i| testing::insert("t", 1, i);
-        let truncate = |i| Arc::new(testing::event("t", Op::Truncate, 1, i));
-        let batch = vec![insert(0), insert(1), truncate(2), truncate(3), insert(4)];
-        assert_eq!(segments(&batch), [0..2, 2..3, 3..4, 4..5]);
-        let alone = segments(&[truncate(0)]);
-        assert_eq!((alone.len(), alone[0].clone()), (1, 0..1));
-        assert!(segments(&[]).is_empty());
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! everything later is deferred. The answers finally pass through
 //! [`lanes::settle_bulk`], which defers the events of a key that follow its failed event.
 
-use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -106,7 +105,7 @@ impl RedisSink {
     fn encode(&mut self, batch: &[Arc<Event>]) -> Work {
         let mut answers = vec![None; batch.len()];
         let mut steps = Vec::new();
-        for range in segments(batch) {
+        for range in lanes::barrier_ranges(batch) {
             let barrier = range.len() == 1 && batch[range.start].ordering_key().is_none();
             match &self.shared.writer {
                 Writer::Cache(cache) if barrier => {
@@ -266,40 +265,10 @@ impl Sink for RedisSink {
     }
 }
 
-/// The batch cut at barriers: runs of keyed events, and each barrier alone.
-fn segments(batch: &[Arc<Event>]) -> Vec<Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for (i, event) in batch.iter().enumerate() {
-        if event.ordering_key().is_none() {
-            if start < i {
-                out.push(start..i);
-            }
-            out.push(i..i + 1);
-            start = i + 1;
-        }
-    }
-    if start < batch.len() {
-        out.push(start..batch.len());
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_runtime::{testing, Op};
-
-    #[test]
-    fn batches_are_cut_at_truncates() {
-        let insert = |i| testing::insert("t", 1, i);
-        let truncate = |i| Arc::new(testing::event("t", Op::Truncate, 1, i));
-        let batch = vec![insert(0), insert(1), truncate(2), truncate(3), insert(4)];
-        assert_eq!(segments(&batch), [0..2, 2..3, 3..4, 4..5]);
-        let alone = segments(&[truncate(0)]);
-        assert_eq!((alone.len(), alone[0].clone()), (1, 0..1));
-        assert!(segments(&[]).is_empty());
-    }
+    use sluice_runtime::testing;
 
     #[tokio::test]
     async fn a_server_that_is_not_there_is_a_retry_for_every_event() {

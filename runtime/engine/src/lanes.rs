@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 
 use futures::stream::{self, StreamExt};
@@ -53,6 +54,27 @@ pub fn plan(batch: &[Arc<Event>]) -> Vec<Segment> {
         segments.push(current);
     }
     segments
+}
+
+/// The batch cut at barriers as ranges: runs of keyed events, and each barrier alone. For
+/// sinks that send a run in one request (a pipeline, a bulk call, a publish loop) and need
+/// no lanes inside it.
+pub fn barrier_ranges(batch: &[Arc<Event>]) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, event) in batch.iter().enumerate() {
+        if event.ordering_key().is_none() {
+            if start < i {
+                out.push(start..i);
+            }
+            out.push(i..i + 1);
+            start = i + 1;
+        }
+    }
+    if start < batch.len() {
+        out.push(start..batch.len());
+    }
+    out
 }
 
 /// Deliver each event with `send` (`send(i, event)` for `batch[i]`), with per-key order
@@ -160,6 +182,18 @@ mod tests {
         let mut e = testing::event("t", op, 1, index);
         e.key = key.map(testing::id_row);
         Arc::new(e)
+    }
+
+    #[test]
+    fn barrier_ranges_cut_the_batch_at_truncates() {
+        let insert = |i| crate::testing::insert("t", 1, i);
+        let truncate = |i| Arc::new(crate::testing::event("t", crate::event::Op::Truncate, 1, i));
+        let batch = vec![insert(0), insert(1), truncate(2), truncate(3), insert(4)];
+        assert_eq!(barrier_ranges(&batch), [0..2, 2..3, 3..4, 4..5]);
+        assert_eq!(barrier_ranges(&batch[2..3]), vec![0..1]);
+        let alone = barrier_ranges(&[truncate(0)]);
+        assert_eq!((alone.len(), alone[0].clone()), (1, 0..1));
+        assert!(barrier_ranges(&[]).is_empty());
     }
 
     #[test]

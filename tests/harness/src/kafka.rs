@@ -168,11 +168,7 @@ fn binary() -> PathBuf {
     if let Some(path) = std::env::var_os("TANSU") {
         return path.into();
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("tansu"))
-            .find(|candidate| candidate.is_file())
-    });
+    let on_path = crate::on_path("tansu");
     on_path.unwrap_or_else(|| {
         let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
         PathBuf::from(home).join(".cargo/bin/tansu")

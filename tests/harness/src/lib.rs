@@ -34,6 +34,14 @@ pub fn transform_artifact(name: &str) -> std::path::PathBuf {
     path.canonicalize().unwrap()
 }
 
+/// `name` in a folder of the `PATH`, when it is there.
+pub(crate) fn on_path(name: &str) -> Option<std::path::PathBuf> {
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -353,11 +353,7 @@ fn server_script() -> PathBuf {
     if debian.is_file() {
         return debian;
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("rabbitmq-server"))
-            .find(|candidate| candidate.is_file())
-    });
+    let on_path = crate::on_path("rabbitmq-server");
     on_path.unwrap_or(debian)
 }
 

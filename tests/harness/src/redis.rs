@@ -162,11 +162,7 @@ fn server_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("REDIS_SERVER") {
         return path.into();
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
-            .find(|candidate| candidate.is_file())
-    });
+    let on_path = crate::on_path("redis-server");
     on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/redis-server"))
 }
 
