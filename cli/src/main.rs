@@ -110,6 +110,37 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy tables' current rows to sinks (`op: read` events) while the stream flows.
+    ///
+    /// A running pipeline starts it within a second, a stopped one at its next `run`. Only
+    /// the named sinks receive the rows; the others go on streaming. Rows are read in key
+    /// order in chunks between watermarks in the WAL, so a row copied never overwrites a
+    /// newer change. Exit 2 for a table the pipeline does not capture, one without a
+    /// primary key, or an unknown sink; with --wait, 1 when a backfill failed or was
+    /// cancelled.
+    Backfill {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// A sink to copy to (repeat for several; default: every sink).
+        #[arg(long)]
+        sink: Vec<String>,
+        /// A captured table to copy (repeat for several; default: every captured table).
+        #[arg(long)]
+        table: Vec<String>,
+        /// Copy only rows meeting this SQL condition (default: the table's
+        /// `source.backfill.tables.<t>.where`, if any).
+        #[arg(long = "where", value_name = "SQL")]
+        filter: Option<String>,
+        /// Follow the progress until every requested backfill ends.
+        #[arg(long)]
+        wait: bool,
+        /// Cancel the pending and running backfills (of --table only, when given).
+        #[arg(long)]
+        cancel: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Dead-letter queues: list, show, replay and purge parked events.
     #[command(subcommand)]
     Dlq(DlqCommand),
@@ -317,6 +348,26 @@ fn run_async(command: Command) -> Result<(), Failure> {
                 timeout,
                 json,
             } => commands::wait::run(&pipeline, &sink, &lsn, &timeout, json).await,
+            Command::Backfill {
+                pipeline,
+                sink,
+                table,
+                filter,
+                wait,
+                cancel,
+                json,
+            } => {
+                commands::backfill::run(commands::backfill::Args {
+                    pipeline,
+                    sinks: sink,
+                    tables: table,
+                    filter,
+                    wait,
+                    cancel,
+                    json,
+                })
+                .await
+            }
             Command::Dlq(_)
             | Command::Transform(_)
             | Command::Completions { .. }

@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub mod backfill;
 pub mod dlq;
 pub mod rewind;
 pub mod run;

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use sluice_runtime::config::{JournalKind, Pipeline};
 use sluice_runtime::event::format_timestamp_micros;
 use sluice_runtime::journal;
-use sluice_runtime::state::{DeadLetters, Offsets, SinkRecord, SqliteStore};
+use sluice_runtime::state::{Backfills, DeadLetters, Offsets, SinkRecord, SqliteStore};
 use sluice_runtime::units::human_bytes;
 use sluice_runtime::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -27,13 +27,15 @@ use crate::Failure;
 pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
     let pipeline = super::load(path)?;
     let connector = super::source(&pipeline)?;
-    let (records, depths) = match SqliteStore::open_existing(&pipeline.state).map_err(runtime)? {
-        Some(store) => (
-            store.sinks().map_err(runtime)?,
-            store.dlq_depths().map_err(runtime)?,
-        ),
-        None => Default::default(),
-    };
+    let (records, depths, backfills) =
+        match SqliteStore::open_existing(&pipeline.state).map_err(runtime)? {
+            Some(store) => (
+                store.sinks().map_err(runtime)?,
+                store.dlq_depths().map_err(runtime)?,
+                store.backfills().map_err(runtime)?,
+            ),
+            None => Default::default(),
+        };
     let upstream = connector.describe().await;
     let live = match pipeline.admin {
         Some(addr) => admin_status(addr).await,
@@ -81,12 +83,19 @@ pub async fn run(path: &Path, as_json: bool) -> Result<(), Failure> {
     let journal = journal_report(&pipeline, live.as_ref());
     let mut lines = upstream.lines.clone();
     lines.extend(journal.1);
+    // The active backfills and the last few that ended (`--json` has them all).
+    let shown = backfills.len().saturating_sub(10);
+    lines.extend(backfills[shown..].iter().map(super::backfill::line));
     let mut report = serde_json::Map::new();
     report.insert("pipeline".into(), json!(pipeline.name));
     report.insert("running".into(), json!(running));
     report.insert("journal".into(), journal.0);
     report.extend(upstream.json);
     report.insert("sinks".into(), json!(sinks));
+    report.insert(
+        "backfills".into(),
+        Value::Array(backfills.iter().map(|b| b.json()).collect()),
+    );
     if as_json {
         println!(
             "{}",

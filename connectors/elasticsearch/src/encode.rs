@@ -138,7 +138,9 @@ impl Encoder {
     /// render the id, an invalid index name, an LSN past the version range).
     pub fn plan(&self, event: &Event) -> Result<Option<Planned>, String> {
         let upsert = match event.op {
-            Op::Insert | Op::Update => true,
+            // A backfill's row is placed after every change it saw: an upsert like the
+            // others, and its version (its position) keeps any newer change.
+            Op::Insert | Op::Update | Op::Read => true,
             Op::Delete => false,
             // Outbox rows and messages are not rows: nothing to index (a transform that
             // turns them into rows makes them inserts). Truncates are the sink's.

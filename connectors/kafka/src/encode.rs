@@ -116,7 +116,7 @@ impl Encoder {
             return Ok(Body::Bytes(Cow::Borrowed(&event.json()[..])));
         }
         match event.op {
-            Op::Insert | Op::Update => match &event.after {
+            Op::Insert | Op::Update | Op::Read => match &event.after {
                 Some(after) => json(&complete(after, event.before.as_ref(), &event.unchanged)),
                 None => Err(format!(
                     "this {} carries no row (`after`)",

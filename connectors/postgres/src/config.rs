@@ -9,11 +9,14 @@
 //!   tables: [public.orders, customers]
 //!   outbox: { table: public.outbox, columns: { type: event_type } }
 //!   messages: [orders]
-//!   snapshot: never
+//!   snapshot: never               # initial: the first start backfills every table
+//!   backfill: { chunk_rows: 20000, tables: { customers: { where: "region = 'eu'" } } }
 //!   on_rename: follow              # follow | stop
 //!   ddl_events: false              # schema changes of captured tables as events
 //!   streaming: true                # stream large transactions before their commit
 //! ```
+
+use std::collections::BTreeMap;
 
 use serde::Deserialize;
 use sluice_runtime::config::{ConfigError, Secret, SourceSection, TableName};
@@ -41,8 +44,12 @@ pub struct PostgresConfig {
     pub outbox: Option<OutboxConfig>,
     /// `pg_logical_emit_message` prefixes captured as events.
     pub messages: Vec<String>,
-    /// `initial`: copy `tables` consistently before streaming; `never` (default): stream only.
+    /// `initial`: the first start backfills every table in `tables` to every sink while
+    /// streaming begins at once; `never` (default): stream changes from the slot's creation
+    /// on. `backfill.tables` overrides it per table.
     pub snapshot: Snapshot,
+    /// How backfills (`snapshot: initial`, `sluice backfill`) read the tables.
+    pub backfill: BackfillConfig,
     /// What to do when a captured table is renamed or moved to another schema: `follow`
     /// (default) goes on capturing it under its new name, `stop` ends the pipeline there.
     pub on_rename: OnRename,
@@ -155,11 +162,56 @@ impl OutboxColumns {
     }
 }
 
+/// `source.backfill:`: how tables are copied into the stream.
+///
+/// ```yaml
+/// backfill:
+///   chunk_rows: 20000
+///   tables:
+///     public.audit_log: { snapshot: never }
+///     public.orders: { where: "created_at > now() - interval '90 days'" }
+/// ```
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    default,
+    expecting = "a map with `chunk_rows` and `tables`"
+)]
+pub struct BackfillConfig {
+    /// The largest chunk, in rows: chunks start at 1000 rows and double while one takes
+    /// less than 250 ms. Each chunk is one `COPY (SELECT …)` in key order. Default 20000.
+    pub chunk_rows: usize,
+    /// Settings of single tables of `tables`, by name.
+    pub tables: BTreeMap<TableName, TableBackfill>,
+}
+
+impl Default for BackfillConfig {
+    fn default() -> Self {
+        BackfillConfig {
+            chunk_rows: 20_000,
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+/// `source.backfill.tables.<table>:`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a map with `snapshot` and `where`")]
+pub struct TableBackfill {
+    /// Whether the initial snapshot copies this table; default: `source.snapshot`.
+    #[serde(default)]
+    pub snapshot: Option<Snapshot>,
+    /// A SQL condition on the table's columns: only rows that meet it are copied (by the
+    /// initial snapshot and by `sluice backfill` when it is given no `--where`).
+    #[serde(default, rename = "where")]
+    pub filter: Option<String>,
+}
+
 /// `source.snapshot:`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Snapshot {
-    /// Copy the rows of `tables` consistently before streaming changes.
+    /// The first start backfills the tables while streaming.
     Initial,
     /// Only stream changes from the slot's position on (the default).
     #[default]
@@ -186,6 +238,8 @@ struct Raw {
     messages: Vec<String>,
     #[serde(default)]
     snapshot: Snapshot,
+    #[serde(default)]
+    backfill: BackfillConfig,
     #[serde(default)]
     on_rename: OnRename,
     #[serde(default)]
@@ -239,6 +293,35 @@ impl PostgresConfig {
                 ));
             }
         }
+        if raw.backfill.chunk_rows == 0 || raw.backfill.chunk_rows > 1_000_000 {
+            return Err(section.error(
+                "backfill.chunk_rows",
+                format!(
+                    "{} rows: a chunk holds from 1 to 1000000 rows",
+                    raw.backfill.chunk_rows
+                ),
+            ));
+        }
+        for (t, setting) in &raw.backfill.tables {
+            if !raw.tables.contains(t) {
+                return Err(section.error(
+                    &format!("backfill.tables.{t}"),
+                    format!(
+                        "`{t}` is not one of source.tables: only captured tables are backfilled"
+                    ),
+                ));
+            }
+            if setting
+                .filter
+                .as_deref()
+                .is_some_and(|f| f.trim().is_empty())
+            {
+                return Err(section.error(
+                    &format!("backfill.tables.{t}.where"),
+                    "the condition is empty; leave `where` out to copy every row",
+                ));
+            }
+        }
         Ok(PostgresConfig {
             url: raw.url,
             slot,
@@ -247,6 +330,7 @@ impl PostgresConfig {
             outbox: raw.outbox,
             messages: raw.messages,
             snapshot: raw.snapshot,
+            backfill: raw.backfill,
             on_rename: raw.on_rename,
             ddl_events: raw.ddl_events,
             streaming: raw.streaming,
@@ -272,6 +356,22 @@ impl PostgresConfig {
             on_rename: self.on_rename,
             ddl_events: self.ddl_events,
             streaming: self.streaming,
+            backfill_chunk_rows: self.backfill.chunk_rows,
+            snapshot: self
+                .tables
+                .iter()
+                .filter(|t| {
+                    let setting = self.backfill.tables.get(t).and_then(|s| s.snapshot);
+                    setting.unwrap_or(self.snapshot) == Snapshot::Initial
+                })
+                .map(table)
+                .collect(),
+            filters: self
+                .backfill
+                .tables
+                .iter()
+                .filter_map(|(t, s)| Some((table(t), s.filter.clone()?)))
+                .collect(),
         }
     }
 }

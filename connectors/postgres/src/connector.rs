@@ -7,13 +7,15 @@ use std::path::Path;
 
 use async_trait::async_trait;
 use serde_json::{json, Value};
+use sluice_runtime::config::TableName;
 use sluice_runtime::config::{ConfigError, SourceSection};
-use sluice_runtime::source::{Source, SourceConnector, Teardown, UpstreamReport};
-use sluice_runtime::state::Store;
+use sluice_runtime::source::{BackfillTarget, Source, SourceConnector, Teardown, UpstreamReport};
+use sluice_runtime::state::{NewBackfill, Store};
 use sluice_runtime::units::human_bytes;
 use sluice_runtime::{Lsn, SourceError};
 
-use crate::config::{PostgresConfig, Snapshot};
+use crate::backfill::copy::TablePlan;
+use crate::config::PostgresConfig;
 use crate::ddl::{self, Trigger};
 use crate::options::PostgresOptions;
 use crate::publication::{self, Missing};
@@ -21,17 +23,14 @@ use crate::replication::ReplicationConnection;
 use crate::setup::{self, SetupError, STREAMING_VERSION};
 use crate::source::{PostgresSource, Prepared};
 use crate::tables::{self, Identity};
+use crate::types::TypeRegistry;
+
+/// The state store's fact that the initial snapshot was requested (once per pipeline).
+const SNAPSHOT_REQUESTED: &str = "snapshot_requested";
 
 /// The registry's builder for `type: postgres`.
 pub fn build(section: &SourceSection) -> Result<Box<dyn SourceConnector>, ConfigError> {
     let config = PostgresConfig::from_section(section)?;
-    if config.snapshot == Snapshot::Initial {
-        return Err(section.error(
-            "snapshot",
-            "`snapshot: initial` is not available in this build yet; \
-             use `never` (stream changes from now on)",
-        ));
-    }
     Ok(Box::new(PostgresConnector {
         options: config.options(&section.pipeline),
     }))
@@ -97,6 +96,54 @@ impl PostgresConnector {
 
 fn failed(e: SetupError) -> SourceError {
     SourceError::fatal(e)
+}
+
+/// `snapshot: initial` on the first start: every table it names, to every sink, recorded
+/// once (a restart resumes these; it does not ask again).
+async fn request_snapshot(
+    store: &Store,
+    options: &PostgresOptions,
+    has_offsets: bool,
+) -> Result<(), SourceError> {
+    if options.snapshot.is_empty() {
+        return Ok(());
+    }
+    let requested = store
+        .run(|s| s.meta(SNAPSHOT_REQUESTED))
+        .await
+        .map_err(SourceError::fatal)?;
+    if requested.is_some() {
+        return Ok(());
+    }
+    if has_offsets {
+        tracing::info!(
+            "snapshot: initial copies the tables on a pipeline's first start only, and this one \
+             ran before; copy them now with `sluice backfill`"
+        );
+        return Ok(());
+    }
+    let requests: Vec<NewBackfill> = options
+        .snapshot
+        .iter()
+        .map(|t| NewBackfill {
+            table: TableName::new(t.schema.clone(), t.name.clone()).to_string(),
+            sinks: Vec::new(),
+            filter: options.filter_of(t).map(str::to_string),
+        })
+        .collect();
+    let n = requests.len();
+    store
+        .run(move |s| {
+            s.backfill_request(&requests)?;
+            s.set_meta(SNAPSHOT_REQUESTED, "1")
+        })
+        .await
+        .map_err(SourceError::fatal)?;
+    tracing::info!(
+        tables = n,
+        "initial snapshot requested: the tables are copied while the stream flows"
+    );
+    Ok(())
 }
 
 /// One line naming the captured tables a publication lacks.
@@ -237,6 +284,7 @@ impl SourceConnector for PostgresConnector {
             );
         }
         tables::remember(store, &identities).await.map_err(failed)?;
+        request_snapshot(store, &self.options, has_offsets).await?;
         let source = PostgresSource::new(
             self.options.clone(),
             Prepared {
@@ -333,6 +381,67 @@ impl SourceConnector for PostgresConnector {
             }
         }
         report
+    }
+
+    async fn backfill_targets(
+        &self,
+        tables: &[String],
+    ) -> Result<Vec<BackfillTarget>, SourceError> {
+        let captured = &self.options.tables;
+        let mut chosen = Vec::new();
+        for given in tables {
+            let name = TableName::parse(given).map_err(SourceError::fatal)?;
+            let table = crate::TableRef::new(name.schema, name.name);
+            if !captured.contains(&table) {
+                return Err(SourceError::fatal(format!(
+                    "table {table} is not captured by this pipeline (source.tables: {}); a backfill \
+                     copies a captured table",
+                    captured
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            if !chosen.contains(&table) {
+                chosen.push(table);
+            }
+        }
+        if tables.is_empty() {
+            chosen = captured.clone();
+        }
+        if chosen.is_empty() {
+            return Err(SourceError::fatal(
+                "this pipeline captures no table (only outbox rows or messages): nothing to backfill",
+            ));
+        }
+        let client = setup::connect(&self.options.url)
+            .await
+            .map_err(|e| SourceError::transient(e.to_string()))?;
+        let version = setup::server_version(&client)
+            .await
+            .map_err(|e| SourceError::transient(e.to_string()))?;
+        if version < STREAMING_VERSION {
+            return Err(SourceError::fatal(format!(
+                "backfills need PostgreSQL 14 or later (pgoutput sends the watermarks a backfill \
+                 writes into the WAL from 14 on); this server is version {version}"
+            )));
+        }
+        let mut types = TypeRegistry::builtin();
+        let mut targets = Vec::with_capacity(chosen.len());
+        for table in chosen {
+            if let Err(e) = TablePlan::of(&client, &mut types, &table).await {
+                return Err(match e.is_transient() {
+                    true => SourceError::transient(e),
+                    false => SourceError::fatal(e),
+                });
+            }
+            targets.push(BackfillTarget {
+                filter: self.options.filter_of(&table).map(str::to_string),
+                table: TableName::new(table.schema, table.name).to_string(),
+            });
+        }
+        Ok(targets)
     }
 
     async fn teardown(&self) -> Result<Teardown, SourceError> {

@@ -2,7 +2,7 @@
 //! handling, the outbox, logical messages, and the source's own DDL messages (renames
 //! followed, drops dated, `schema_change` events).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use sluice_runtime::journal::Entry;
@@ -10,6 +10,7 @@ use sluice_runtime::source::SourceStatus;
 use sluice_runtime::{Event, Lsn, Message, Op, Position, Row, Source, Value};
 use tokio_postgres::Client;
 
+use crate::backfill::{Due, Outcome, Tap, BACKFILL_PREFIX};
 use crate::config::{OnRename, OutboxColumns};
 use crate::ddl::{DdlCommand, DDL_PREFIX, RESERVED_PREFIX};
 use crate::options::{PostgresOptions, TableRef};
@@ -92,6 +93,11 @@ pub struct EventBuilder {
     status: Arc<SourceStatus>,
     /// Told about drops and creations the DDL trigger reports.
     watch: Option<Arc<Watch>>,
+    /// Backfills' watermarks and windows.
+    tap: Option<Tap>,
+    /// A chunk's rows due in the current transaction, for the source to hand out in
+    /// batches before the transaction's next message.
+    reads: VecDeque<Entry>,
 }
 
 impl EventBuilder {
@@ -109,7 +115,19 @@ impl EventBuilder {
             tx: None,
             status,
             watch: None,
+            tap: None,
+            reads: VecDeque::new(),
         }
+    }
+
+    /// Emit backfill chunks at their watermarks ([`crate::backfill`]).
+    pub fn tap(&mut self, tap: Tap) {
+        self.tap = Some(tap);
+    }
+
+    /// A backfill chunk's rows, due before anything else of the current transaction.
+    pub fn reads(&mut self) -> &mut VecDeque<Entry> {
+        &mut self.reads
     }
 
     /// Tell `watch` about drops and creations of captured tables the DDL trigger reports.
@@ -122,6 +140,7 @@ impl EventBuilder {
     pub fn reset_session(&mut self) {
         self.relations.clear();
         self.tx = None;
+        self.reads.clear();
     }
 
     pub fn in_transaction(&self) -> bool {
@@ -157,6 +176,9 @@ impl EventBuilder {
             } => {
                 let tx = self.tx.take().ok_or(BuildError::NoTransaction("Commit"))?;
                 tracing::trace!(xid = tx.xid, %commit_lsn, changes = tx.next_index, "transaction decoded");
+                if let Some(tap) = &mut self.tap {
+                    tap.committed(tx.xid, commit_lsn);
+                }
                 out.push(Entry::Commit {
                     commit_lsn,
                     end_lsn,
@@ -236,6 +258,7 @@ impl EventBuilder {
                         e
                     }
                 };
+                self.touched(rel_id, &event);
                 push(out, event);
             }
             LogicalMessage::Update {
@@ -254,6 +277,7 @@ impl EventBuilder {
                 e.key = key_of(rel, &after);
                 e.after = Some(after);
                 e.unchanged = unchanged;
+                self.touched(rel_id, &e);
                 push(out, e);
             }
             LogicalMessage::Delete { rel_id, old, .. } => {
@@ -267,6 +291,7 @@ impl EventBuilder {
                 let before = old_row(rel, &old)?;
                 e.key = key_of(rel, &before);
                 e.before = Some(before);
+                self.touched(rel_id, &e);
                 push(out, e);
             }
             LogicalMessage::Truncate { rel_ids, .. } => {
@@ -276,6 +301,9 @@ impl EventBuilder {
                     };
                     if rel.role == Role::Table {
                         push(out, Event::new(position, Op::Truncate, source));
+                        if let Some(tap) = &mut self.tap {
+                            tap.truncated(rel_id);
+                        }
                     }
                 }
             }
@@ -312,6 +340,8 @@ impl EventBuilder {
                     // sluice's own: never a user message.
                     if prefix == DDL_PREFIX {
                         self.ddl(&content, position, msg_lsn, out)?;
+                    } else if prefix == BACKFILL_PREFIX {
+                        self.watermark(&content, msg_lsn);
                     }
                     return Ok(());
                 }
@@ -342,6 +372,72 @@ impl EventBuilder {
             }
         }
         Ok(())
+    }
+
+    /// A change of `rel_id` in the stream: a backfill window of its table notes the key.
+    fn touched(&mut self, rel_id: u32, event: &Event) {
+        if let Some(tap) = &mut self.tap {
+            tap.changed(rel_id, event);
+        }
+    }
+
+    /// A backfill watermark at `lsn`: at a high one whose chunk is due, the chunk's rows
+    /// that still stand become `op: read` events at the next positions of this
+    /// transaction, queued in [`EventBuilder::reads`].
+    fn watermark(&mut self, content: &[u8], lsn: Lsn) {
+        let (Some(tap), Some(tx)) = (&mut self.tap, &mut self.tx) else {
+            return;
+        };
+        let Some((due, reply)) = tap.mark(content, tx.commit_lsn) else {
+            return;
+        };
+        let Due {
+            ref rows,
+            ref sinks,
+            ref schema,
+            ref name,
+            ..
+        } = due;
+        // The table under the name the stream knows it by now (a rename followed).
+        let (schema, name) = self
+            .relations
+            .get(&due.table)
+            .map_or((schema.clone(), name.clone()), |r| {
+                (r.schema.clone(), r.table.clone())
+            });
+        let source = Source {
+            pipeline: self.pipeline.clone(),
+            schema: Some(schema),
+            table: Some(name),
+            lsn,
+            commit_lsn: tx.commit_lsn,
+            xid: Some(tx.xid),
+            ts_micros: tx.ts,
+        };
+        let mut emitted = 0;
+        for (key, after) in rows.iter() {
+            let mut e = Event::new(
+                Position::new(tx.commit_lsn, tx.next_index),
+                Op::Read,
+                source.clone(),
+            );
+            e.key = Some(key.clone());
+            e.after = Some(after.clone());
+            e.sinks = sinks.clone();
+            if !due.stands(&e) {
+                continue;
+            }
+            tx.next_index += 1;
+            emitted += 1;
+            self.reads.push_back(Entry::event(e));
+        }
+        tracing::debug!(rows = emitted, dropped = rows.len() - emitted, commit = %tx.commit_lsn, "backfill chunk emitted");
+        if let Some(reply) = reply {
+            let _ = reply.send(Outcome::Emitted {
+                commit_lsn: tx.commit_lsn,
+                rows: emitted,
+            });
+        }
     }
 
     /// A captured table has a new name: follow it (with a notice) or stop, as configured.

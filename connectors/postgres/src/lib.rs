@@ -3,6 +3,7 @@
 //! - [`replication`]: the replication-mode connection (startup, auth, CopyBoth);
 //! - [`pgoutput`]: the pgoutput message decoder (protocol 1 and 2);
 //! - [`types`], [`values`], [`array`]: typed values from Postgres' text forms;
+//! - [`backfill`]: tables copied into the stream in chunks between watermarks (`op: read`);
 //! - [`events`]: pgoutput messages to envelopes (relations, keys, TOAST, outbox, messages);
 //! - [`tables`]: the captured tables by identity (OID), through renames and re-creations;
 //! - [`ddl`]: the DDL event trigger, its messages and `schema_change` events;
@@ -14,6 +15,7 @@
 //! - [`connector`]: the source type as the command line sees it (the registry's entry).
 
 pub mod array;
+pub mod backfill;
 pub mod config;
 pub mod connector;
 pub mod ddl;

@@ -57,6 +57,22 @@ pub struct PostgresOptions {
     pub ddl_events: bool,
     /// Ask PostgreSQL 14+ to stream large transactions before their commit.
     pub streaming: bool,
+    /// The largest backfill chunk, in rows.
+    pub backfill_chunk_rows: usize,
+    /// The tables the first start backfills (`snapshot: initial`), in `tables`' order.
+    pub snapshot: Vec<TableRef>,
+    /// Each table's backfill condition (`backfill.tables.<t>.where`).
+    pub filters: Vec<(TableRef, String)>,
+}
+
+impl PostgresOptions {
+    /// The condition a backfill of `table` applies when it is given none.
+    pub fn filter_of(&self, table: &TableRef) -> Option<&str> {
+        self.filters
+            .iter()
+            .find(|(t, _)| t == table)
+            .map(|(_, f)| f.as_str())
+    }
 }
 
 impl PostgresOptions {

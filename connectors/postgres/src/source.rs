@@ -30,6 +30,8 @@ use sluice_runtime::{Lsn, SourceError};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::backfill::runner::Runner;
+use crate::backfill::{Handoff, Tap};
 use crate::events::{BuildError, EventBuilder};
 use crate::options::PostgresOptions;
 use crate::pgoutput::{self, LogicalMessage};
@@ -102,6 +104,18 @@ pub struct PostgresSource {
     watch: Arc<Watch>,
     /// The server cannot stream transactions in progress, and the log said so.
     told_no_streaming: bool,
+    /// Shared with the backfill runner.
+    handoff: Arc<Handoff>,
+    /// The backfill runner, started with the first session; it outlives reconnects.
+    runner: Option<JoinHandle<()>>,
+}
+
+impl Drop for PostgresSource {
+    fn drop(&mut self) {
+        if let Some(runner) = &self.runner {
+            runner.abort();
+        }
+    }
 }
 
 /// One replication connection and what decoding needs beside it.
@@ -154,6 +168,8 @@ impl PostgresSource {
         let watch = Watch::new(&prepared.identities);
         let mut builder = EventBuilder::new(&options, &prepared.identities, status.clone());
         builder.watch(watch.clone());
+        let handoff = Handoff::new();
+        builder.tap(Tap::new(handoff.clone()));
         PostgresSource {
             options,
             builder,
@@ -163,6 +179,8 @@ impl PostgresSource {
             store: prepared.store,
             watch,
             told_no_streaming: false,
+            handoff,
+            runner: None,
         }
     }
 
@@ -227,6 +245,15 @@ impl PostgresSource {
             status: self.status.clone(),
             store: self.store.clone(),
         }));
+        if self.runner.is_none() {
+            let runner = Runner {
+                url: self.options.url.clone(),
+                store: self.store.clone(),
+                handoff: self.handoff.clone(),
+                chunk_rows: self.options.backfill_chunk_rows,
+            };
+            self.runner = Some(tokio::spawn(runner.run()));
+        }
         let reply = Arc::new(Notify::new());
         self.session = Some(Session {
             client,
@@ -241,12 +268,24 @@ impl PostgresSource {
             writer,
             reply,
             status: self.status.clone(),
+            handoff: self.handoff.clone(),
         })
     }
 
     async fn next_batch(&mut self) -> Result<Batch, SourceFailure> {
         let session = self.session.as_mut().ok_or(SourceFailure::NotOpen)?;
         loop {
+            // A backfill chunk's rows go before the rest of their transaction.
+            let reads = self.builder.reads();
+            if !reads.is_empty() {
+                let room = BATCH_ENTRIES.saturating_sub(session.pending.len()).max(1);
+                let n = room.min(reads.len());
+                session.pending.extend(reads.drain(..n));
+                if session.pending.len() >= BATCH_ENTRIES {
+                    return Ok(session.batch(None));
+                }
+                continue;
+            }
             if let Some(replay) = &mut session.replay {
                 let done = replay_some(
                     &mut self.builder,
@@ -379,6 +418,10 @@ async fn replay_some(
             continue;
         }
         builder.handle(msg, lsn, client, pending).await?;
+        if !builder.reads().is_empty() {
+            // A chunk's rows come first: the caller hands them out.
+            return Ok(false);
+        }
     }
     Ok(false)
 }
@@ -409,11 +452,18 @@ struct Standby {
     writer: StatusWriter,
     reply: Arc<Notify>,
     status: Arc<SourceStatus>,
+    /// Backfill chunks before `through` are durable: the runner records their progress.
+    handoff: Arc<Handoff>,
 }
 
 impl Standby {
     async fn send(&mut self, ack: Ack) -> Result<(), SourceError> {
         let write = self.status.received().max(ack.through);
+        self.handoff.confirmed.send_if_modified(|c| {
+            let moved = ack.through > *c;
+            *c = (*c).max(ack.through);
+            moved
+        });
         self.writer
             .send_status(write, ack.through, ack.caught_up)
             .await

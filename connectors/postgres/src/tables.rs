@@ -320,6 +320,9 @@ mod tests {
             on_rename: crate::config::OnRename::Follow,
             ddl_events: false,
             streaming: true,
+            backfill_chunk_rows: 20_000,
+            snapshot: Vec::new(),
+            filters: Vec::new(),
         }
     }
 

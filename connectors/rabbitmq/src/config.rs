@@ -119,7 +119,7 @@ impl Routes {
     /// The routing key template for `event`.
     pub fn routing_key(&self, event: &Event) -> &Template {
         match event.op {
-            Op::Insert | Op::Update | Op::Delete | Op::Truncate => &self.changes,
+            Op::Insert | Op::Update | Op::Delete | Op::Truncate | Op::Read => &self.changes,
             Op::Event => &self.events,
         }
     }

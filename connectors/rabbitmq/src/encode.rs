@@ -46,7 +46,7 @@ fn payload(event: &Event) -> Bytes {
         Bytes::from(serde_json::to_vec(&row).expect("a row always encodes as JSON"))
     };
     match event.op {
-        Op::Insert | Op::Update => row(event.after.as_ref()),
+        Op::Insert | Op::Update | Op::Read => row(event.after.as_ref()),
         Op::Delete => row(event.before.as_ref().or(event.key.as_ref())),
         Op::Truncate => Bytes::from_static(b"null"),
         Op::Event => {

@@ -157,7 +157,7 @@ impl Cache {
         notes: &mut Notes,
     ) -> Result<Option<Planned>, String> {
         let action = match event.op {
-            Op::Insert | Op::Update => {
+            Op::Insert | Op::Update | Op::Read => {
                 let after = event.after.as_ref().ok_or_else(|| {
                     format!(
                         "an {} of {} without its new row",

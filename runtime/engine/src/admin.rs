@@ -686,6 +686,14 @@ async fn dlq(State(s): State<AdminState>) -> Response {
 
 async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
     let depths = s.dlq_depths().await;
+    let backfills: Vec<_> = s
+        .store
+        .run(|s| s.backfills())
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|b| b.json())
+        .collect();
     let p = &s.progress;
     let sinks: Vec<_> = p
         .sinks()
@@ -736,6 +744,7 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
             })).collect::<Vec<_>>(),
         },
         "sinks": sinks,
+        "backfills": backfills,
     }))
 }
 

@@ -14,7 +14,7 @@
 //! entry   = version:u8 (1) kind:u8 (0 event, 1 commit) body
 //! commit  = commit_lsn:u64 end_lsn:u64
 //! event   = commit_lsn:u64 index:varint fanout:varint op:u8 source row? row? row?
-//!           unchanged:[str] message?
+//!           unchanged:[str] message? sinks:[str]?   (sinks: op read only)
 //! source  = pipeline:str schema:str? table:str? lsn:u64 commit_lsn:u64 xid:u32? ts:svarint
 //! row     = count:varint (name:str value)*
 //! value   = tag:u8 then: null | false | true | int:svarint | float:u64 bits | text:str
@@ -116,6 +116,16 @@ pub fn encode_event(e: &Event, out: &mut Vec<u8>) {
             encode_value(out, v);
         }
     });
+    // Only a backfill's rows are addressed to some sinks: what version 1 wrote for the
+    // other ops stays byte for byte the same.
+    if e.op == Op::Read {
+        optional(out, e.sinks.as_deref(), |out, sinks| {
+            varint(out, sinks.len() as u64);
+            for s in sinks {
+                text(out, s);
+            }
+        });
+    }
 }
 
 fn encode_row(out: &mut Vec<u8>, row: &Row) {
@@ -169,6 +179,7 @@ fn op_tag(op: Op) -> u8 {
         Op::Delete => 2,
         Op::Truncate => 3,
         Op::Event => 4,
+        Op::Read => 5,
     }
 }
 
@@ -329,6 +340,7 @@ impl Reader<'_, '_> {
             2 => Op::Delete,
             3 => Op::Truncate,
             4 => Op::Event,
+            5 => Op::Read,
             other => return Err(self.fail(format!("unknown op {other}"))),
         };
         let pipeline = self.name()?;
@@ -359,6 +371,11 @@ impl Reader<'_, '_> {
                 payload: self.value(0)?,
                 headers: self.value(0)?,
             });
+        }
+        if op == Op::Read && self.flag()? {
+            let n = self.len()?;
+            let sinks = (0..n).map(|_| self.name()).collect::<Result<Vec<_>, _>>()?;
+            e.sinks = Some(sinks.into());
         }
         Ok(e)
     }
@@ -468,7 +485,14 @@ mod tests {
     }
 
     fn random_event(rng: &mut StdRng) -> Event {
-        let ops = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Event];
+        let ops = [
+            Op::Insert,
+            Op::Update,
+            Op::Delete,
+            Op::Truncate,
+            Op::Event,
+            Op::Read,
+        ];
         let source = Source {
             pipeline: "p".into(),
             schema: rng.random_bool(0.9).then(|| "public".into()),
@@ -499,6 +523,9 @@ mod tests {
                 payload: Value::json(r#"{"total": "19.90"}"#).unwrap(),
                 headers: Value::Null,
             });
+        }
+        if e.op == Op::Read && rng.random_bool(0.5) {
+            e.sinks = Some(vec!["search".into(), "cache".into()].into());
         }
         e
     }

@@ -55,10 +55,11 @@ pub fn parse(bytes: &[u8]) -> Result<Event, EnvelopeError> {
         Some("delete") => Op::Delete,
         Some("truncate") => Op::Truncate,
         Some("event") => Op::Event,
+        Some("read") => Op::Read,
         other => {
             return Err(field(
                 "op",
-                format!("{other:?} is not one of insert, update, delete, truncate, event"),
+                format!("{other:?} is not one of insert, update, delete, truncate, event, read"),
             ))
         }
     };

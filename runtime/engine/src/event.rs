@@ -24,6 +24,9 @@ pub enum Op {
     Truncate,
     /// An outbox row or a logical message; the envelope carries [`Event::event`].
     Event,
+    /// A row as it stood when a snapshot or backfill copied it: an upsert that never
+    /// regresses a newer change (it is placed in the stream after every change it saw).
+    Read,
 }
 
 impl Op {
@@ -34,6 +37,7 @@ impl Op {
             Op::Delete => "delete",
             Op::Truncate => "truncate",
             Op::Event => "event",
+            Op::Read => "read",
         }
     }
 }
@@ -212,6 +216,10 @@ pub struct Event {
     /// it out into. Fan-out events share their source event's position (offsets count source
     /// events) and get the id `<position>#k`.
     pub fanout: u32,
+    /// The sinks this event is for; `None` (every event but a backfill's rows): every sink.
+    /// A backfill requested for some sinks only reaches those; the others skip its rows
+    /// like rows of a table they do not take.
+    pub sinks: Option<Arc<[Arc<str>]>>,
     json: OnceLock<Bytes>,
 }
 
@@ -227,8 +235,16 @@ impl Event {
             unchanged: Vec::new(),
             message: None,
             fanout: 0,
+            sinks: None,
             json: OnceLock::new(),
         }
+    }
+
+    /// Whether the sink named `sink` takes this event ([`Event::sinks`]).
+    pub fn is_for(&self, sink: &str) -> bool {
+        self.sinks
+            .as_ref()
+            .is_none_or(|sinks| sinks.iter().any(|s| &**s == sink))
     }
 
     /// The stable event id, `<commit_lsn>:<index>` (`#k` appended for the k-th extra
@@ -302,6 +318,7 @@ impl Clone for Event {
             unchanged: self.unchanged.clone(),
             message: self.message.clone(),
             fanout: self.fanout,
+            sinks: self.sinks.clone(),
             json: OnceLock::new(),
         }
     }
@@ -318,6 +335,7 @@ impl PartialEq for Event {
             && self.after == o.after
             && self.unchanged == o.unchanged
             && self.message == o.message
+            && self.sinks == o.sinks
     }
 }
 

@@ -260,6 +260,30 @@ pub trait SourceConnector: Send + Sync {
     /// `teardown`: drop what `prepare` created upstream, as far as the role may. Refuses
     /// (an error, nothing done) while a pipeline still reads.
     async fn teardown(&self) -> Result<Teardown, SourceError>;
+
+    /// `sluice backfill`: check that each of `tables` (as the command line names them;
+    /// empty: every table the source captures) can be copied into the stream, and return
+    /// them as the source names them, with the condition their rows meet by default. A
+    /// fatal error is a refusal naming the table and why (not captured, missing, no key);
+    /// a transient one means the upstream could not be asked.
+    async fn backfill_targets(
+        &self,
+        tables: &[String],
+    ) -> Result<Vec<BackfillTarget>, SourceError> {
+        let _ = tables;
+        Err(SourceError::fatal(
+            "this source type cannot backfill: it reads no table".to_string(),
+        ))
+    }
+}
+
+/// A table `sluice backfill` may copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackfillTarget {
+    /// As the source names it (`schema.table` for Postgres).
+    pub table: String,
+    /// The condition its rows meet when the command line gives none.
+    pub filter: Option<String>,
 }
 
 /// What `teardown` did upstream, and what is left for someone with more rights.

@@ -68,7 +68,14 @@ impl Histogram {
 }
 
 /// The ops an event can have, in the order of [`op_index`].
-pub const OPS: [Op; 5] = [Op::Insert, Op::Update, Op::Delete, Op::Truncate, Op::Event];
+pub const OPS: [Op; 6] = [
+    Op::Insert,
+    Op::Update,
+    Op::Delete,
+    Op::Truncate,
+    Op::Event,
+    Op::Read,
+];
 
 /// Where an op is counted in a per-op array.
 pub fn op_index(op: Op) -> usize {

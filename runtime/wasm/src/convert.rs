@@ -260,6 +260,7 @@ fn op_to_wit(op: Op) -> wit::Op {
         Op::Delete => wit::Op::Delete,
         Op::Truncate => wit::Op::Truncate,
         Op::Event => wit::Op::Event,
+        Op::Read => wit::Op::Read,
     }
 }
 
@@ -328,6 +329,7 @@ fn from_wit(w: wit::EventResult, input: &Event, names: &Names) -> Result<Event, 
         wit::Op::Delete => Op::Delete,
         wit::Op::Truncate => Op::Truncate,
         wit::Op::Event => Op::Event,
+        wit::Op::Read => Op::Read,
     };
     let s = w.source;
     let (schema, table) = match s.table {

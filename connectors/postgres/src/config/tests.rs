@@ -217,13 +217,45 @@ fn sluice_message_prefixes_are_reserved() {
 }
 
 #[test]
-fn this_build_refuses_snapshot_initial_at_its_line() {
-    let mut lines = BASE.to_vec();
+fn snapshot_initial_with_per_table_overrides_and_conditions() {
+    let mut lines = with(&[(5, "  tables: [orders, customers, audit]")]);
     lines.insert(5, "  snapshot: initial");
-    let (p, _) = load(&lines).unwrap();
-    let e = crate::build(&p.source).err().expect("refused");
-    assert_eq!((e.line, e.key.as_str()), (6, "source.snapshot"), "{e}");
-    assert!(e.message.contains("not available in this build yet"), "{e}");
+    lines.insert(6, "  backfill:");
+    lines.insert(7, "    chunk_rows: 500");
+    lines.insert(8, "    tables:");
+    lines.insert(9, "      audit: { snapshot: never }");
+    lines.insert(10, "      public.customers: { where: \"region = 'eu'\" }");
+    let s = source(&lines);
+    let o = s.options("orders");
+    assert_eq!(o.backfill_chunk_rows, 500);
+    let names: Vec<String> = o.snapshot.iter().map(ToString::to_string).collect();
+    assert_eq!(names, ["public.orders", "public.customers"]);
+    assert_eq!(
+        o.filter_of(&TableRef::new("public", "customers")),
+        Some("region = 'eu'")
+    );
+    assert_eq!(o.filter_of(&TableRef::new("public", "orders")), None);
+
+    // `never` with one table opted in.
+    let mut lines = with(&[(5, "  tables: [orders, customers]")]);
+    lines.insert(5, "  backfill: { tables: { customers: { snapshot: initial } } }");
+    let o = source(&lines).options("orders");
+    assert_eq!(o.snapshot, [TableRef::new("public", "customers")]);
+    assert!(source(BASE).options("orders").snapshot.is_empty());
+}
+
+#[test]
+fn backfill_settings_name_what_is_wrong() {
+    let mut lines = BASE.to_vec();
+    lines.insert(5, "  backfill: { tables: { other: { where: x } } }");
+    let e = fails(&lines, 6, 15, "source.backfill.tables.public.other");
+    assert!(e.message.contains("not one of source.tables"), "{e}");
+    let mut lines = BASE.to_vec();
+    lines.insert(5, "  backfill: { chunk_rows: 0 }");
+    fails(&lines, 6, 15, "source.backfill.chunk_rows");
+    let mut lines = BASE.to_vec();
+    lines.insert(5, "  backfill: { tables: { orders: { wher: x } } }");
+    fails(&lines, 6, 35, "source.backfill.tables.orders.wher");
 }
 
 #[test]

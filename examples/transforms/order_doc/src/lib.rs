@@ -40,7 +40,7 @@ impl Transform for OrderDoc {
             return Outcome::keep();
         }
         match event.op() {
-            Op::Insert | Op::Update => {}
+            Op::Insert | Op::Update | Op::Read => {}
             Op::Delete => {
                 event.before = None;
                 return Outcome::one(event);

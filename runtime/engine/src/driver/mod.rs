@@ -271,7 +271,7 @@ impl SinkDriver {
                     let event = &record.event;
                     offset.position = event.position;
                     offset.commit_ts_micros = event.source.ts_micros;
-                    if !self.tables.passes(event) {
+                    if !self.tables.passes(event) || !event.is_for(&self.progress.name) {
                         counters.filtered.fetch_add(1, relaxed());
                     } else if parked.was_parked(event) {
                         counters.skipped.fetch_add(1, relaxed());

@@ -1,9 +1,10 @@
-//! The state the engine keeps: every sink's offset and status, and its dead-letter queue.
+//! The state the engine keeps: every sink's offset and status, its dead-letter queue, and
+//! the backfills asked for.
 //!
-//! The engine reaches it through the [`StateStore`] trait ([`Offsets`] + [`DeadLetters`]),
-//! so a driver's unit test runs on [`SqliteStore::in_memory`] with no file on disk, and a
-//! later store kept elsewhere (a Postgres table, say) is one more implementation. The one
-//! there is today, [`SqliteStore`], keeps one SQLite file per pipeline (`state:`) in WAL
+//! The engine reaches it through the [`StateStore`] trait ([`Offsets`] + [`DeadLetters`] +
+//! [`Backfills`]), so a driver's unit test runs on [`SqliteStore::in_memory`] with no file
+//! on disk, and a later store kept elsewhere (a Postgres table, say) is one more
+//! implementation. The one there is today, [`SqliteStore`], keeps one SQLite file per pipeline (`state:`) in WAL
 //! mode with `synchronous=FULL`: what was committed there survives kill -9 and power loss,
 //! which matters because the slot is allowed to forget WAL up to it.
 //!
@@ -16,9 +17,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::lsn::{Lsn, Position};
 use crate::progress::Offset;
 
+mod backfill;
 mod dlq;
 mod sqlite;
 
+pub use backfill::{Backfill, BackfillProgress, BackfillState, Backfills, NewBackfill};
 pub use dlq::{DlqEntry, DlqFilter, DlqState, NewDlqEntry};
 pub use sqlite::SqliteStore;
 
@@ -127,9 +130,9 @@ pub trait DeadLetters {
 }
 
 /// Everything the engine keeps.
-pub trait StateStore: Offsets + DeadLetters + Send {}
+pub trait StateStore: Offsets + DeadLetters + Backfills + Send {}
 
-impl<T: Offsets + DeadLetters + Send> StateStore for T {}
+impl<T: Offsets + DeadLetters + Backfills + Send> StateStore for T {}
 
 /// One store shared by the engine's tasks.
 #[derive(Clone)]

@@ -92,6 +92,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(err)?;
         conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.execute_batch(super::backfill::SCHEMA).map_err(err)?;
         Ok(SqliteStore {
             conn,
             path: path.to_path_buf(),
@@ -102,6 +103,8 @@ impl SqliteStore {
     pub fn in_memory() -> Self {
         let conn = Connection::open_in_memory().expect("an in-memory SQLite database");
         conn.execute_batch(SCHEMA).expect("the schema applies");
+        conn.execute_batch(super::backfill::SCHEMA)
+            .expect("the schema applies");
         SqliteStore {
             conn,
             path: PathBuf::from(":memory:"),
@@ -323,7 +326,7 @@ impl Offsets for SqliteStore {
     fn clear(&self) -> Result<(), StateError> {
         self.conn
             .execute_batch(
-                "delete from sink_offsets; delete from sink_status;
+                "delete from sink_offsets; delete from sink_status; delete from backfills;
                  delete from meta where key != 'dlq_version';",
             )
             .map_err(|e| self.err(e))

@@ -1,0 +1,340 @@
+//! The backfill runner: a task beside the stream that takes the state store's pending and
+//! running backfills one at a time, oldest first, and copies each table chunk by chunk
+//! between watermarks ([`super`]). A chunk's progress (its cursor, its rows) is recorded
+//! once the slot has been told it may forget the chunk's high watermark, i.e. once every
+//! row of it is durable in the journal or at every sink: a kill -9 resumes at the last chunk
+//! so recorded, never skipping one. Chunks grow from [`FIRST_CHUNK`] rows up to
+//! `chunk_rows` while a chunk takes less than [`FAST_CHUNK`], and shrink when one takes
+//! longer than [`SLOW_CHUNK`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_runtime::config::TableName;
+use sluice_runtime::state::{Backfill, BackfillProgress, BackfillState, Store};
+use sluice_runtime::Lsn;
+use tokio::sync::oneshot;
+use tokio_postgres::Client;
+
+use super::copy::{read_chunk, PlanError, TablePlan};
+use super::{Chunk, Handoff, Mark, Outcome, BACKFILL_PREFIX};
+use crate::options::TableRef;
+use crate::types::TypeRegistry;
+
+/// The first chunk's size.
+pub const FIRST_CHUNK: usize = 1000;
+/// A chunk read faster than this doubles the next one (up to `chunk_rows`).
+pub const FAST_CHUNK: Duration = Duration::from_millis(250);
+/// A chunk read slower than this halves the next one.
+pub const SLOW_CHUNK: Duration = Duration::from_secs(2);
+/// Chunks emitted and not yet confirmed, at most: the backfill goes at the sinks' pace.
+const UNCONFIRMED: usize = 4;
+/// How often the store is read for new backfills while none runs.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Session settings of the runner's connection: the value texts the stream's decoder
+/// expects ([`crate::replication::SESSION_OPTIONS`]), and literals as written.
+const SESSION: &str = "set DateStyle = 'ISO, YMD'; set TimeZone = 'UTC'; \
+     set extra_float_digits = 3; set bytea_output = 'hex'; set IntervalStyle = 'iso_8601'; \
+     set standard_conforming_strings = on; set application_name = 'sluice_backfill'";
+
+/// Why a backfill stopped short.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Other(String),
+    #[error("{0}")]
+    Fatal(String),
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl RunError {
+    fn is_transient(&self) -> bool {
+        match self {
+            RunError::Plan(e) => e.is_transient(),
+            RunError::Other(_) => true,
+            RunError::Fatal(_) | RunError::Cancelled => false,
+        }
+    }
+}
+
+/// The runner's settings.
+pub struct Runner {
+    pub url: String,
+    pub store: Store,
+    pub handoff: Arc<Handoff>,
+    /// The largest chunk.
+    pub chunk_rows: usize,
+}
+
+impl Runner {
+    /// Run backfills as the store lists them, until the task is aborted.
+    pub async fn run(self) {
+        let mut chunk_seq = 0u64;
+        loop {
+            let next = self
+                .store
+                .run(|s| s.backfills())
+                .await
+                .map(|all| all.into_iter().find(|b| b.state.is_active()));
+            let backfill = match next {
+                Ok(Some(b)) => b,
+                Ok(None) => {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "backfills: cannot read the state store");
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            };
+            let id = backfill.id;
+            let mut retry = Duration::from_millis(500);
+            loop {
+                match self.backfill(&backfill, &mut chunk_seq).await {
+                    Ok(()) => break,
+                    Err(RunError::Cancelled) => {
+                        tracing::info!(backfill = id, table = %backfill.table, "backfill cancelled");
+                        break;
+                    }
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(backfill = id, table = %backfill.table, error = %e, "backfill interrupted; trying again in {retry:?}");
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(Duration::from_secs(10));
+                    }
+                    Err(e) => {
+                        tracing::error!(backfill = id, table = %backfill.table, error = %e, "backfill failed");
+                        let failed = BackfillProgress {
+                            state: Some(BackfillState::Failed),
+                            error: Some(e.to_string()),
+                            ..Default::default()
+                        };
+                        self.record(id, failed).await;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn record(&self, id: i64, progress: BackfillProgress) {
+        if let Err(e) = self
+            .store
+            .run(move |s| s.backfill_progress(id, &progress))
+            .await
+        {
+            tracing::warn!(backfill = id, error = %e, "backfills: cannot record progress");
+        }
+    }
+
+    /// Copy one backfill's table from its cursor to its end.
+    async fn backfill(&self, b: &Backfill, chunk_seq: &mut u64) -> Result<(), RunError> {
+        let name = TableName::parse(&b.table).map_err(RunError::Fatal)?;
+        let table = TableRef::new(name.schema, name.name);
+        let mut client = crate::setup::connect(&self.url)
+            .await
+            .map_err(|e| RunError::Other(e.to_string()))?;
+        client
+            .batch_execute(SESSION)
+            .await
+            .map_err(|e| RunError::Other(crate::setup::describe(&e)))?;
+        let version = crate::setup::server_version(&client)
+            .await
+            .map_err(|e| RunError::Other(e.to_string()))?;
+        if version < crate::setup::STREAMING_VERSION {
+            return Err(RunError::Fatal(format!(
+                "backfills need PostgreSQL 14 or later (pgoutput sends the watermarks a backfill writes \
+                 into the WAL from 14 on); this server is version {version}"
+            )));
+        }
+        let mut types = TypeRegistry::builtin();
+        let plan = TablePlan::of(&client, &mut types, &table).await?;
+        let started = BackfillProgress {
+            estimate: plan.estimate,
+            state: Some(BackfillState::Running),
+            ..Default::default()
+        };
+        self.record(b.id, started).await;
+        tracing::info!(
+            backfill = b.id,
+            table = %plan.table,
+            sinks = %b.sinks_text(),
+            estimate = ?plan.estimate,
+            "backfill running"
+        );
+        let sinks: Option<Arc<[Arc<str>]>> =
+            (!b.sinks.is_empty()).then(|| b.sinks.iter().map(|s| Arc::from(s.as_str())).collect());
+        let mut cursor: Option<Vec<String>> = match &b.cursor {
+            Some(text) => Some(
+                serde_json::from_str(text)
+                    .map_err(|e| RunError::Other(format!("the stored cursor `{text}`: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut size = FIRST_CHUNK.min(self.chunk_rows);
+        let mut unconfirmed: VecDeque<(Lsn, Option<Vec<String>>, usize)> = VecDeque::new();
+        let mut confirmed = self.handoff.confirmed.subscribe();
+        loop {
+            self.settle(b.id, &mut unconfirmed).await;
+            if self.cancelled(b.id).await {
+                return Err(RunError::Cancelled);
+            }
+            while unconfirmed.len() >= UNCONFIRMED {
+                let oldest = unconfirmed[0].0;
+                let _ = confirmed.wait_for(|c| *c > oldest).await;
+                self.settle(b.id, &mut unconfirmed).await;
+            }
+            *chunk_seq += 1;
+            let seq = *chunk_seq;
+            let began = Instant::now();
+            let read = self
+                .chunk(
+                    &mut client,
+                    &plan,
+                    b,
+                    seq,
+                    cursor.as_deref(),
+                    size,
+                    sinks.clone(),
+                )
+                .await?;
+            let Some((outcome, next)) = read else {
+                // Nothing after the cursor: the table is done.
+                break;
+            };
+            match outcome {
+                Outcome::Again => continue,
+                Outcome::Emitted { commit_lsn, rows } => {
+                    let full = next.read == size;
+                    cursor = next.cursor.clone().or(cursor);
+                    unconfirmed.push_back((commit_lsn, cursor.clone(), rows));
+                    let took = began.elapsed();
+                    if took < FAST_CHUNK {
+                        size = (size * 2).min(self.chunk_rows);
+                    } else if took > SLOW_CHUNK {
+                        size = (size / 2).max(FIRST_CHUNK.min(self.chunk_rows));
+                    }
+                    if !full {
+                        break;
+                    }
+                }
+            }
+        }
+        while let Some(&(last, ..)) = unconfirmed.back() {
+            let _ = confirmed.wait_for(|c| *c > last).await;
+            self.settle(b.id, &mut unconfirmed).await;
+        }
+        let done = BackfillProgress {
+            state: Some(BackfillState::Done),
+            ..Default::default()
+        };
+        self.record(b.id, done).await;
+        tracing::info!(backfill = b.id, table = %plan.table, "backfill done");
+        Ok(())
+    }
+
+    /// Record the chunks the slot has confirmed, in order.
+    async fn settle(&self, id: i64, unconfirmed: &mut VecDeque<(Lsn, Option<Vec<String>>, usize)>) {
+        let confirmed = *self.handoff.confirmed.borrow();
+        while unconfirmed
+            .front()
+            .is_some_and(|(commit, ..)| *commit < confirmed)
+        {
+            let Some((_, cursor, rows)) = unconfirmed.pop_front() else {
+                break;
+            };
+            let progress = BackfillProgress {
+                cursor: cursor.map(|c| serde_json::to_string(&c).expect("text encodes as JSON")),
+                rows: rows as i64,
+                ..Default::default()
+            };
+            self.record(id, progress).await;
+        }
+    }
+
+    async fn cancelled(&self, id: i64) -> bool {
+        matches!(
+            self.store.run(move |s| s.backfill(id)).await,
+            Ok(Some(b)) if b.state == BackfillState::Cancelled
+        )
+    }
+
+    /// One chunk: low watermark, rows, hand-over, high watermark, and what the stream did
+    /// with it. `None` when there are no rows after the cursor.
+    #[allow(clippy::too_many_arguments)]
+    async fn chunk(
+        &self,
+        client: &mut Client,
+        plan: &TablePlan,
+        b: &Backfill,
+        seq: u64,
+        cursor: Option<&[String]>,
+        size: usize,
+        sinks: Option<Arc<[Arc<str>]>>,
+    ) -> Result<Option<(Outcome, ChunkRead)>, RunError> {
+        let mark = |high| Mark {
+            run: self.handoff.run,
+            backfill: b.id,
+            chunk: seq,
+            high,
+            table: plan.oid,
+        };
+        emit(client, &mark(false)).await?;
+        let rows = read_chunk(client, plan, cursor, b.filter.as_deref(), size).await?;
+        if rows.rows.is_empty() {
+            // Close the window the low watermark opened.
+            emit(client, &mark(true)).await?;
+            return Ok(None);
+        }
+        let read = ChunkRead {
+            read: rows.rows.len(),
+            cursor: rows.cursor,
+        };
+        let (reply, outcome) = oneshot::channel();
+        self.handoff.offer(
+            b.id,
+            seq,
+            Chunk {
+                rows: Arc::new(rows.rows),
+                in_progress: rows.in_progress,
+                sinks,
+                schema: plan.table.schema.as_str().into(),
+                name: plan.table.name.as_str().into(),
+                reply,
+            },
+        );
+        if let Err(e) = emit(client, &mark(true)).await {
+            self.handoff.withdraw(b.id, seq);
+            return Err(e);
+        }
+        let outcome = outcome
+            .await
+            .map_err(|_| RunError::Other("the stream dropped a chunk".into()))?;
+        Ok(Some((outcome, read)))
+    }
+}
+
+/// What a chunk read: how many rows, and where the next one starts.
+struct ChunkRead {
+    read: usize,
+    cursor: Option<Vec<String>>,
+}
+
+/// Write a watermark into the WAL, in a transaction of its own.
+async fn emit(client: &Client, mark: &Mark) -> Result<(), RunError> {
+    let sql = format!(
+        "select pg_logical_emit_message(true, '{BACKFILL_PREFIX}', '{}')",
+        mark.to_json().replace('\'', "''")
+    );
+    client.batch_execute(&sql).await.map_err(|e| {
+        RunError::Other(format!(
+            "writing a watermark: {}",
+            crate::setup::describe(&e)
+        ))
+    })
+}
