@@ -117,6 +117,10 @@ macro_rules! suite {
             $crate::replay_is_idempotent(&mut $make.await).await;
         }
         #[tokio::test(flavor = "multi_thread")]
+        async fn conformance_reads_are_upserts_that_never_regress() {
+            $crate::reads_are_upserts_that_never_regress(&mut $make.await).await;
+        }
+        #[tokio::test(flavor = "multi_thread")]
         async fn conformance_offsets_advance_only_after_acknowledgement() {
             $crate::offsets_advance_only_after_acknowledgement(&mut $make.await).await;
         }
@@ -453,6 +457,66 @@ pub async fn replay_is_idempotent(target: &mut dyn Target) {
         .all(Delivery::is_delivered));
     // Stores that keep state must not regress; logs show each id's one envelope.
     assert_eq!(target.state().await, once, "a late replay changes nothing");
+    sink.close().await;
+}
+
+/// A backfill's rows (`op: read`) are upserts: a row only a read carries is created, a read
+/// after changes of its row sets the row, and a late copy of an older change arriving after
+/// the read (a replay) does not take the row back.
+pub async fn reads_are_upserts_that_never_regress(target: &mut dyn Target) {
+    target.reset().await;
+    let changes = vec![
+        change(Op::Insert, 0, 0, 1, 1),
+        change(Op::Update, 0, 1, 1, 2),
+        change(Op::Insert, 0, 2, 3, 1),
+        change(Op::Delete, 0, 3, 3, 0),
+    ];
+    // The backfill's chunk, placed after the changes it saw: row 1 as it stands, row 2
+    // which no change touched since the pipeline began.
+    let reads = vec![change(Op::Read, 1, 1, 1, 2), change(Op::Read, 1, 2, 2, 7)];
+    let mut sink = target.sink().await;
+    let all: Vec<Arc<Event>> = changes.iter().chain(&reads).cloned().collect();
+    let answers = write(&mut sink, &all).await;
+    assert_eq!(
+        names(&answers),
+        vec!["delivered"; all.len()],
+        "every read is delivered"
+    );
+    if let Some(rows) = target.rows().await {
+        let expected: BTreeMap<i64, Option<i64>> = [(1, Some(2)), (2, Some(7)), (3, None)]
+            .into_iter()
+            .collect();
+        // A deleted row may be absent or kept as a tombstone: both read as `None`.
+        let got: BTreeMap<i64, Option<i64>> = expected
+            .keys()
+            .map(|k| (*k, rows.get(k).copied().flatten()))
+            .collect();
+        assert_eq!(got, expected, "reads upsert their rows");
+        // An older change of row 1 delivered again after the read.
+        assert!(write(&mut sink, &changes[..1])
+            .await
+            .iter()
+            .all(Delivery::is_delivered));
+        let rows = target.rows().await.unwrap_or_default();
+        assert_eq!(
+            rows.get(&1),
+            Some(&Some(2)),
+            "a late older change does not regress a read"
+        );
+    } else {
+        let state = target.state().await;
+        // A destination that shows nothing (a blackhole) has nothing to check.
+        for read in reads.iter().filter(|_| !state.is_empty()) {
+            assert!(
+                state
+                    .values()
+                    .any(|v| v.to_string().contains("\"op\":\"read\""))
+                    || state.contains_key(&read.id()),
+                "the destination shows the read {}: {state:?}",
+                read.id()
+            );
+        }
+    }
     sink.close().await;
 }
 
