@@ -69,6 +69,25 @@ pub async fn run(args: Args) -> Result<(), Failure> {
             filter: args.filter.clone().or(t.filter),
         })
         .collect();
+    let active: Vec<Backfill> = store
+        .backfills()
+        .map_err(runtime)?
+        .into_iter()
+        .filter(|b| b.state.is_active())
+        .collect();
+    for r in &requests {
+        if let Some(b) = active.iter().find(|b| same_request(b, r)) {
+            return Err(input(format!(
+                "backfill {} of {} to {} is already {}; follow it with `sluice status`, or cancel it \
+                 with `sluice backfill --cancel --table {}`",
+                b.id,
+                b.table,
+                b.sinks_text(),
+                b.state,
+                b.table
+            )));
+        }
+    }
     let ids = store.backfill_request(&requests).map_err(runtime)?;
     let recorded = records(&store, &ids)?;
     if args.json && !args.wait {
@@ -125,6 +144,16 @@ fn cancel(store: &SqliteStore, tables: &[String], json: bool) -> Result<(), Fail
         eprintln!("cancelled {n} backfill(s)");
     }
     Ok(())
+}
+
+/// Whether a pending or running backfill already does what `r` asks.
+fn same_request(b: &Backfill, r: &NewBackfill) -> bool {
+    let sorted = |s: &[String]| {
+        let mut s = s.to_vec();
+        s.sort();
+        s
+    };
+    b.table == r.table && b.filter == r.filter && sorted(&b.sinks) == sorted(&r.sinks)
 }
 
 /// Whether `given` (as typed) names the table recorded as `recorded`.
