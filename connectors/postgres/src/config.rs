@@ -10,7 +10,7 @@
 //!   outbox: { table: public.outbox, columns: { type: event_type } }
 //!   messages: [orders]
 //!   snapshot: never               # initial: the first start backfills every table
-//!   backfill: { chunk_rows: 20000, tables: { customers: { where: "region = 'eu'" } } }
+//!   backfill: { chunk_rows: 10000, tables: { customers: { where: "region = 'eu'" } } }
 //!   on_rename: follow              # follow | stop
 //!   ddl_events: false              # schema changes of captured tables as events
 //!   streaming: true                # stream large transactions before their commit
@@ -166,7 +166,7 @@ impl OutboxColumns {
 ///
 /// ```yaml
 /// backfill:
-///   chunk_rows: 20000
+///   chunk_rows: 10000
 ///   tables:
 ///     public.audit_log: { snapshot: never }
 ///     public.orders: { where: "created_at > now() - interval '90 days'" }
@@ -179,7 +179,7 @@ impl OutboxColumns {
 )]
 pub struct BackfillConfig {
     /// The largest chunk, in rows: chunks start at 1000 rows and double while one takes
-    /// less than 250 ms. Each chunk is one `COPY (SELECT …)` in key order. Default 20000.
+    /// less than 250 ms. Each chunk is one `COPY (SELECT …)` in key order. Default 10000.
     pub chunk_rows: usize,
     /// Settings of single tables of `tables`, by name.
     pub tables: BTreeMap<TableName, TableBackfill>,
@@ -188,7 +188,7 @@ pub struct BackfillConfig {
 impl Default for BackfillConfig {
     fn default() -> Self {
         BackfillConfig {
-            chunk_rows: 20_000,
+            chunk_rows: 10_000,
             tables: BTreeMap::new(),
         }
     }

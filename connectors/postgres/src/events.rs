@@ -5,12 +5,12 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use sluice_runtime::journal::Entry;
+use sluice_runtime::journal::{Entry, Record};
 use sluice_runtime::source::SourceStatus;
 use sluice_runtime::{Event, Lsn, Message, Op, Position, Row, Source, Value};
 use tokio_postgres::Client;
 
-use crate::backfill::{Due, Outcome, Tap, BACKFILL_PREFIX};
+use crate::backfill::{AtMark, Due, Outcome, Tap, BACKFILL_PREFIX};
 use crate::config::{OnRename, OutboxColumns};
 use crate::ddl::{DdlCommand, DDL_PREFIX, RESERVED_PREFIX};
 use crate::options::{PostgresOptions, TableRef};
@@ -388,23 +388,35 @@ impl EventBuilder {
         let (Some(tap), Some(tx)) = (&mut self.tap, &mut self.tx) else {
             return;
         };
-        let Some((due, reply)) = tap.mark(content, tx.commit_lsn) else {
-            return;
+        let (due, reply, id) = match tap.mark(content, tx.commit_lsn) {
+            None => return,
+            Some(AtMark::Again(events)) => {
+                // The same events at the same positions: what was journaled before the
+                // session ended is dropped by the engine, the rest goes on.
+                tx.next_index += events.len() as u32;
+                self.reads.extend(
+                    events
+                        .iter()
+                        .map(|e| Entry::Event(Arc::new(Record::new(e.clone())))),
+                );
+                return;
+            }
+            Some(AtMark::Fresh { due, reply, id }) => (due, reply, id),
         };
         let Due {
-            ref rows,
-            ref sinks,
-            ref schema,
-            ref name,
-            ..
+            table,
+            rows,
+            sinks,
+            schema,
+            name,
+            verdict,
         } = due;
+        let total = rows.len();
         // The table under the name the stream knows it by now (a rename followed).
         let (schema, name) = self
             .relations
-            .get(&due.table)
-            .map_or((schema.clone(), name.clone()), |r| {
-                (r.schema.clone(), r.table.clone())
-            });
+            .get(&table)
+            .map_or((schema, name), |r| (r.schema.clone(), r.table.clone()));
         let source = Source {
             pipeline: self.pipeline.clone(),
             schema: Some(schema),
@@ -414,30 +426,32 @@ impl EventBuilder {
             xid: Some(tx.xid),
             ts_micros: tx.ts,
         };
-        let mut emitted = 0;
-        for (key, after) in rows.iter() {
+        let mut events = Vec::with_capacity(total);
+        for (key, after) in rows {
             let mut e = Event::new(
                 Position::new(tx.commit_lsn, tx.next_index),
                 Op::Read,
                 source.clone(),
             );
-            e.key = Some(key.clone());
-            e.after = Some(after.clone());
+            e.key = Some(key);
+            e.after = Some(after);
             e.sinks = sinks.clone();
-            if !due.stands(&e) {
+            if !verdict.stands(&e) {
                 continue;
             }
             tx.next_index += 1;
-            emitted += 1;
-            self.reads.push_back(Entry::event(e));
+            let e = Arc::new(e);
+            self.reads
+                .push_back(Entry::Event(Arc::new(Record::new(e.clone()))));
+            events.push(e);
         }
-        tracing::debug!(rows = emitted, dropped = rows.len() - emitted, commit = %tx.commit_lsn, "backfill chunk emitted");
-        if let Some(reply) = reply {
-            let _ = reply.send(Outcome::Emitted {
-                commit_lsn: tx.commit_lsn,
-                rows: emitted,
-            });
-        }
+        let emitted = events.len();
+        tracing::debug!(rows = emitted, dropped = total - emitted, commit = %tx.commit_lsn, "backfill chunk emitted");
+        tap.emitted(id, tx.commit_lsn, events.into());
+        let _ = reply.send(Outcome::Emitted {
+            commit_lsn: tx.commit_lsn,
+            rows: emitted,
+        });
     }
 
     /// A captured table has a new name: follow it (with a notice) or stop, as configured.

@@ -465,7 +465,7 @@ pub async fn replay_is_idempotent(target: &mut dyn Target) {
 /// the read (a replay) does not take the row back.
 pub async fn reads_are_upserts_that_never_regress(target: &mut dyn Target) {
     target.reset().await;
-    let changes = vec![
+    let changes = [
         change(Op::Insert, 0, 0, 1, 1),
         change(Op::Update, 0, 1, 1, 2),
         change(Op::Insert, 0, 2, 3, 1),
@@ -473,7 +473,7 @@ pub async fn reads_are_upserts_that_never_regress(target: &mut dyn Target) {
     ];
     // The backfill's chunk, placed after the changes it saw: row 1 as it stands, row 2
     // which no change touched since the pipeline began.
-    let reads = vec![change(Op::Read, 1, 1, 1, 2), change(Op::Read, 1, 2, 2, 7)];
+    let reads = [change(Op::Read, 1, 1, 1, 2), change(Op::Read, 1, 2, 2, 7)];
     let mut sink = target.sink().await;
     let all: Vec<Arc<Event>> = changes.iter().chain(&reads).cloned().collect();
     let answers = write(&mut sink, &all).await;

@@ -257,24 +257,32 @@ pub async fn read_chunk(
         in_progress: in_progress(&snapshot),
         cursor: None,
     };
-    let mut last: Option<Vec<Option<Vec<u8>>>> = None;
+    // The last row's text, for the cursor.
+    let mut last = Vec::new();
     while let Some(data) = stream.next().await {
         let data: Bytes = data.map_err(sql)?;
-        for fields in parser.feed(&data) {
-            out.rows.push(typed(plan, &fields)?);
-            last = Some(fields);
-        }
+        parser.feed(&data, |line, scratch| {
+            out.rows.push(typed(plan, line, scratch)?);
+            last.clear();
+            last.extend_from_slice(line);
+            Ok(())
+        })?;
     }
     drop(stream);
     tx.commit().await.map_err(sql)?;
-    out.cursor = last.map(|fields| {
-        plan.order
-            .iter()
-            .map(|&i| {
-                String::from_utf8_lossy(fields[i].as_deref().unwrap_or_default()).into_owned()
-            })
-            .collect()
-    });
+    if !out.rows.is_empty() {
+        let fields: Vec<&[u8]> = last.split(|&b| b == b'\t').collect();
+        let mut scratch = Vec::new();
+        out.cursor = Some(
+            plan.order
+                .iter()
+                .map(|&i| {
+                    let text = field(fields[i], &mut scratch).unwrap_or_default();
+                    String::from_utf8_lossy(text).into_owned()
+                })
+                .collect(),
+        );
+    }
     Ok(out)
 }
 
@@ -291,18 +299,16 @@ fn in_progress(snapshot: &str) -> Vec<u32> {
         .collect()
 }
 
-/// One COPY row as (key, row) with the stream's conversions.
-fn typed(plan: &TablePlan, fields: &[Option<Vec<u8>>]) -> Result<(Row, Row), PlanError> {
-    if fields.len() != plan.columns.len() {
-        return Err(PlanError::Arity {
-            table: plan.table.clone(),
-            expected: plan.columns.len(),
-            got: fields.len(),
-        });
-    }
-    let mut row = Row(Vec::with_capacity(fields.len()));
-    for (col, field) in plan.columns.iter().zip(fields) {
-        let value = match field {
+/// One COPY row (a line without its newline) as (key, row) with the stream's
+/// conversions. `scratch` holds an unescaped field.
+fn typed(plan: &TablePlan, line: &[u8], scratch: &mut Vec<u8>) -> Result<(Row, Row), PlanError> {
+    let mut row = Row(Vec::with_capacity(plan.columns.len()));
+    let mut fields = line.split(|&b| b == b'\t');
+    for col in &plan.columns {
+        let Some(raw) = fields.next() else {
+            return Err(arity(plan, row.0.len()));
+        };
+        let value = match field(raw, scratch) {
             None => sluice_runtime::Value::Null,
             Some(text) => convert(&col.kind, text).map_err(|e| PlanError::Value {
                 table: plan.table.clone(),
@@ -312,8 +318,19 @@ fn typed(plan: &TablePlan, fields: &[Option<Vec<u8>>]) -> Result<(Row, Row), Pla
         };
         row.push(col.name.clone(), value);
     }
+    if fields.next().is_some() {
+        return Err(arity(plan, plan.columns.len() + 1 + fields.count()));
+    }
     let key = Row(plan.key.iter().map(|&i| row.0[i].clone()).collect());
     Ok((key, row))
+}
+
+fn arity(plan: &TablePlan, got: usize) -> PlanError {
+    PlanError::Arity {
+        table: plan.table.clone(),
+        expected: plan.columns.len(),
+        got,
+    }
 }
 
 /// COPY's text format, fed in the chunks the server sends: rows end with `\n`, fields are
@@ -322,38 +339,47 @@ fn typed(plan: &TablePlan, fields: &[Option<Vec<u8>>]) -> Result<(Row, Row), Pla
 struct CopyText {
     /// The start of a row whose end has not arrived.
     partial: Vec<u8>,
+    /// An unescaped field.
+    scratch: Vec<u8>,
 }
 
 impl CopyText {
-    /// The rows completed by `data`.
-    fn feed(&mut self, data: &[u8]) -> Vec<Vec<Option<Vec<u8>>>> {
-        let mut rows = Vec::new();
+    /// Hand each row completed by `data` to `row` (the line, and a buffer for
+    /// [`field`]).
+    fn feed<E>(
+        &mut self,
+        data: &[u8],
+        mut row: impl FnMut(&[u8], &mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
         let mut rest = data;
         while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            let line = if self.partial.is_empty() {
-                &rest[..end]
+            if self.partial.is_empty() {
+                row(&rest[..end], &mut self.scratch)?;
             } else {
                 self.partial.extend_from_slice(&rest[..end]);
-                &self.partial[..]
-            };
-            rows.push(line.split(|&b| b == b'\t').map(field).collect());
-            self.partial.clear();
+                let line = std::mem::take(&mut self.partial);
+                row(&line, &mut self.scratch)?;
+                self.partial = line;
+                self.partial.clear();
+            }
             rest = &rest[end + 1..];
         }
         self.partial.extend_from_slice(rest);
-        rows
+        Ok(())
     }
 }
 
-/// One field of COPY's text format.
-fn field(raw: &[u8]) -> Option<Vec<u8>> {
+/// One field of COPY's text format: `None` for NULL, else its bytes (unescaped into
+/// `scratch` when it has escapes).
+fn field<'a>(raw: &'a [u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
     if raw == b"\\N" {
         return None;
     }
     if !raw.contains(&b'\\') {
-        return Some(raw.to_vec());
+        return Some(raw);
     }
-    let mut out = Vec::with_capacity(raw.len());
+    scratch.clear();
+    let out = scratch;
     let mut i = 0;
     while i < raw.len() {
         let b = raw[i];
@@ -401,36 +427,49 @@ fn field(raw: &[u8]) -> Option<Vec<u8>> {
 mod tests {
     use super::*;
 
-    fn text(f: &Option<Vec<u8>>) -> Option<&str> {
-        f.as_deref().map(|b| std::str::from_utf8(b).unwrap())
+    /// Every row `feed` completes, as fields (`None`: NULL).
+    fn rows(p: &mut CopyText, data: &[u8]) -> Vec<Vec<Option<String>>> {
+        let mut out = Vec::new();
+        p.feed::<()>(data, |line, scratch| {
+            out.push(
+                line.split(|&b| b == b'\t')
+                    .map(|raw| field(raw, scratch).map(|f| String::from_utf8(f.to_vec()).unwrap()))
+                    .collect(),
+            );
+            Ok(())
+        })
+        .unwrap();
+        out
     }
 
     #[test]
     fn rows_split_across_chunks_and_escapes_decode() {
         let mut p = CopyText::default();
-        assert_eq!(p.feed(b"1\ta\\tb\t\\N\n2\tx").len(), 1);
-        let rows = p.feed(b"y\\\\z\t\\n\n");
-        assert_eq!(rows.len(), 1);
-        let r = &rows[0];
-        assert_eq!(text(&r[0]), Some("2"));
-        assert_eq!(text(&r[1]), Some("xy\\z"));
-        assert_eq!(text(&r[2]), Some("\n"));
+        assert_eq!(rows(&mut p, b"1\ta\\tb\t\\N\n2\tx").len(), 1);
+        let second = rows(&mut p, b"y\\\\z\t\\n\n");
+        assert_eq!(
+            second,
+            [vec![
+                Some("2".into()),
+                Some("xy\\z".into()),
+                Some("\n".into())
+            ]]
+        );
     }
 
     #[test]
     fn the_first_row_of_a_feed_keeps_its_fields() {
         let mut p = CopyText::default();
-        let rows = p.feed(b"1\ta\\tb\t\\N\n");
-        assert_eq!(rows.len(), 1);
-        assert_eq!(text(&rows[0][1]), Some("a\tb"));
-        assert_eq!(rows[0][2], None, "\\N is NULL");
+        let first = rows(&mut p, b"1\ta\\tb\t\\N\n");
+        assert_eq!(first, [vec![Some("1".into()), Some("a\tb".into()), None]]);
     }
 
     #[test]
     fn octal_and_hex_escapes() {
-        assert_eq!(field(b"\\101\\x42\\\\"), Some(b"AB\\".to_vec()));
-        assert_eq!(field(b"\\N"), None);
-        assert_eq!(field(b"plain"), Some(b"plain".to_vec()));
+        let mut scratch = Vec::new();
+        assert_eq!(field(b"\\101\\x42\\\\", &mut scratch), Some(&b"AB\\"[..]));
+        assert_eq!(field(b"\\N", &mut scratch), None);
+        assert_eq!(field(b"plain", &mut scratch), Some(&b"plain"[..]));
     }
 
     #[test]

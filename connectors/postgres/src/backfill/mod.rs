@@ -65,7 +65,7 @@ impl Mark {
 /// A chunk read and waiting for its high watermark in the stream.
 pub struct Chunk {
     /// (key, row) in key order.
-    pub rows: Arc<Vec<(Row, Row)>>,
+    pub rows: Vec<(Row, Row)>,
     /// Transactions the chunk's snapshot saw in progress.
     pub in_progress: Vec<u32>,
     /// The sinks its rows are for; `None`: every sink.
@@ -77,18 +77,38 @@ pub struct Chunk {
     pub reply: oneshot::Sender<Outcome>,
 }
 
-/// A chunk's rows as the stream emits them at its high watermark: what the window saw
-/// decides which stand.
-#[derive(Clone)]
+/// A chunk's rows as the stream is to emit them at its high watermark.
 pub struct Due {
     /// The table's OID.
     pub table: u32,
-    pub rows: Arc<Vec<(Row, Row)>>,
+    pub rows: Vec<(Row, Row)>,
     pub sinks: Option<Arc<[Arc<str>]>>,
     pub schema: Arc<str>,
     pub name: Arc<str>,
-    changed: Arc<HashSet<u64>>,
+    /// Which rows stand.
+    pub verdict: Verdict,
+}
+
+/// What a chunk's window saw: which of its rows still stand.
+pub struct Verdict {
+    changed: HashSet<u64>,
     truncated: bool,
+}
+
+/// A chunk's events, shared.
+pub type Events = Arc<[Arc<Event>]>;
+
+/// What a high watermark asks of the stream.
+pub enum AtMark {
+    /// The chunk's rows, to emit (those that stand) and then report with [`Tap::emitted`]
+    /// and the reply.
+    Fresh {
+        due: Due,
+        reply: oneshot::Sender<Outcome>,
+        id: (i64, u64),
+    },
+    /// A high watermark met again (a new session): the events emitted the first time.
+    Again(Events),
 }
 
 /// What the stream did with a chunk at its high watermark.
@@ -149,12 +169,15 @@ struct Window {
     opened: Instant,
 }
 
-impl Due {
+impl Verdict {
     /// Whether a read of the chunk made into `event` still stands (its key did not change
     /// in the window).
     pub fn stands(&self, event: &Event) -> bool {
-        !self.truncated
-            && event
+        if self.truncated {
+            return false;
+        }
+        self.changed.is_empty()
+            || event
                 .ordering_key()
                 .is_none_or(|k| !self.changed.contains(&k))
     }
@@ -171,7 +194,7 @@ pub struct Tap {
     /// Chunks emitted and not confirmed yet, by their high watermark's commit: a session
     /// that ends before their rows are journaled gets the watermark again and emits them
     /// again, the same.
-    emitted: HashMap<(i64, u64), (Lsn, Due)>,
+    emitted: HashMap<(i64, u64), (Lsn, Events)>,
 }
 
 impl Tap {
@@ -217,15 +240,10 @@ impl Tap {
     }
 
     /// A watermark in the transaction committing at `commit_lsn`. A high one whose chunk
-    /// is waiting gives its rows back, with what its window saw, and the chunk's reply (to
-    /// send once they are emitted); a chunk its snapshot got wrong is sent back to be read
-    /// again, and `None` returned. A high watermark met again (a new session) gives back
-    /// what it gave the first time, with no reply.
-    pub fn mark(
-        &mut self,
-        content: &[u8],
-        commit_lsn: Lsn,
-    ) -> Option<(Due, Option<oneshot::Sender<Outcome>>)> {
+    /// is waiting gives its rows back, with what its window saw; a chunk its snapshot got
+    /// wrong is sent back to be read again, and `None` returned. A high watermark met
+    /// again (a new session) gives back the events emitted the first time.
+    pub fn mark(&mut self, content: &[u8], commit_lsn: Lsn) -> Option<AtMark> {
         let mark: Mark = match serde_json::from_slice(content) {
             Ok(m) => m,
             Err(e) => {
@@ -261,8 +279,8 @@ impl Tap {
         }
         let confirmed = *self.handoff.confirmed.borrow();
         self.emitted.retain(|_, (commit, _)| *commit >= confirmed);
-        if let Some((_, due)) = self.emitted.get(&id) {
-            return Some((due.clone(), None));
+        if let Some((_, events)) = self.emitted.get(&id) {
+            return Some(AtMark::Again(events.clone()));
         }
         let window = self.windows.remove(&id);
         self.rewatch();
@@ -292,11 +310,22 @@ impl Tap {
             sinks: chunk.sinks,
             schema: chunk.schema,
             name: chunk.name,
-            changed: Arc::new(window.changed),
-            truncated: window.truncated,
+            verdict: Verdict {
+                changed: window.changed,
+                truncated: window.truncated,
+            },
         };
-        self.emitted.insert(id, (commit_lsn, due.clone()));
-        Some((due, Some(chunk.reply)))
+        Some(AtMark::Fresh {
+            due,
+            reply: chunk.reply,
+            id,
+        })
+    }
+
+    /// The events a fresh chunk became, kept until the slot confirms them: a session that
+    /// ends before they are journaled meets the high watermark again and emits them again.
+    pub fn emitted(&mut self, id: (i64, u64), commit_lsn: Lsn, events: Events) {
+        self.emitted.insert(id, (commit_lsn, events));
     }
 
     fn rewatch(&mut self) {
@@ -339,7 +368,7 @@ mod tests {
             1,
             chunk,
             Chunk {
-                rows: Arc::new(ids.iter().map(|&i| (row(i), row(i))).collect()),
+                rows: ids.iter().map(|&i| (row(i), row(i))).collect(),
                 in_progress,
                 sinks: None,
                 schema: "public".into(),
@@ -348,6 +377,13 @@ mod tests {
             },
         );
         rx
+    }
+
+    fn fresh(at: Option<AtMark>) -> Due {
+        match at {
+            Some(AtMark::Fresh { due, .. }) => due,
+            _ => panic!("a fresh chunk is due"),
+        }
     }
 
     fn change(id: i64) -> Event {
@@ -371,12 +407,10 @@ mod tests {
         tap.changed(42, &change(2));
         tap.changed(7, &change(3)); // another table
         let _rx = offer(&handoff, 1, &[1, 2, 3], vec![]);
-        let (due, _) = tap
-            .mark(&mark(&tap, 1, true), Lsn(0x90))
-            .expect("the chunk is due");
-        assert!(due.stands(&read(1)));
-        assert!(!due.stands(&read(2)), "changed in the window");
-        assert!(due.stands(&read(3)));
+        let due = fresh(tap.mark(&mark(&tap, 1, true), Lsn(0x90)));
+        assert!(due.verdict.stands(&read(1)));
+        assert!(!due.verdict.stands(&read(2)), "changed in the window");
+        assert!(due.verdict.stands(&read(3)));
         assert!(tap.watched.is_empty(), "the window is closed");
     }
 
@@ -387,8 +421,8 @@ mod tests {
         tap.mark(&mark(&tap, 1, false), Lsn(0x40));
         tap.truncated(42);
         let _rx = offer(&handoff, 1, &[1], vec![]);
-        let (due, _) = tap.mark(&mark(&tap, 1, true), Lsn(0x90)).unwrap();
-        assert!(!due.stands(&read(1)));
+        let due = fresh(tap.mark(&mark(&tap, 1, true), Lsn(0x90)));
+        assert!(!due.verdict.stands(&read(1)));
     }
 
     #[test]
@@ -399,7 +433,7 @@ mod tests {
         tap.mark(&mark(&tap, 1, false), Lsn(0x40));
         tap.committed(701, Lsn(0x50)); // inside the window: its keys are tracked
         let mut rx = offer(&handoff, 1, &[1], vec![701]);
-        assert!(tap.mark(&mark(&tap, 1, true), Lsn(0x90)).is_some());
+        fresh(tap.mark(&mark(&tap, 1, true), Lsn(0x90)));
         assert!(rx.try_recv().is_err(), "nothing said: the caller emits");
 
         tap.mark(&mark(&tap, 2, false), Lsn(0xa0));
@@ -409,18 +443,20 @@ mod tests {
     }
 
     #[test]
-    fn a_high_watermark_met_again_gives_the_same_rows_until_confirmed() {
+    fn a_high_watermark_met_again_gives_the_same_events_until_confirmed() {
         let handoff = Handoff::new();
         let mut tap = Tap::new(handoff.clone());
         tap.mark(&mark(&tap, 1, false), Lsn(0x40));
-        tap.changed(42, &change(2));
         let _rx = offer(&handoff, 1, &[1, 2], vec![]);
-        let (first, reply) = tap.mark(&mark(&tap, 1, true), Lsn(0x90)).unwrap();
-        assert!(reply.is_some());
-        let (again, reply) = tap.mark(&mark(&tap, 1, true), Lsn(0x90)).unwrap();
-        assert!(reply.is_none(), "the runner was told once");
-        assert!(Arc::ptr_eq(&first.rows, &again.rows));
-        assert!(!again.stands(&read(2)));
+        let Some(AtMark::Fresh { id, .. }) = tap.mark(&mark(&tap, 1, true), Lsn(0x90)) else {
+            panic!("a fresh chunk is due");
+        };
+        let events: Arc<[Arc<Event>]> = vec![Arc::new(read(1))].into();
+        tap.emitted(id, Lsn(0x90), events.clone());
+        let Some(AtMark::Again(again)) = tap.mark(&mark(&tap, 1, true), Lsn(0x90)) else {
+            panic!("met again");
+        };
+        assert!(Arc::ptr_eq(&events, &again));
         handoff.confirmed.send_replace(Lsn(0x91));
         assert!(
             tap.mark(&mark(&tap, 1, true), Lsn(0x90)).is_none(),

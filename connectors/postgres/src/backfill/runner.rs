@@ -8,13 +8,13 @@
 //! longer than [`SLOW_CHUNK`].
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sluice_runtime::config::TableName;
 use sluice_runtime::state::{Backfill, BackfillProgress, BackfillState, Store};
 use sluice_runtime::Lsn;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio_postgres::Client;
 
 use super::copy::{read_chunk, PlanError, TablePlan};
@@ -34,10 +34,11 @@ const UNCONFIRMED: usize = 4;
 const POLL: Duration = Duration::from_secs(1);
 
 /// Session settings of the runner's connection: the value texts the stream's decoder
-/// expects ([`crate::replication::SESSION_OPTIONS`]), and literals as written.
+/// expects ([`crate::replication::SESSION_OPTIONS`]) and literals as written. Watermark
+/// commits stay synchronous: the walsender decodes only WAL that is flushed.
 const SESSION: &str = "set DateStyle = 'ISO, YMD'; set TimeZone = 'UTC'; \
      set extra_float_digits = 3; set bytea_output = 'hex'; set IntervalStyle = 'iso_8601'; \
-     set standard_conforming_strings = on; set application_name = 'sluice_backfill'";
+     set standard_conforming_strings = on; set application_name = 'sluice_backfill';";
 
 /// Why a backfill stopped short.
 #[derive(Debug, thiserror::Error)]
@@ -177,18 +178,18 @@ impl Runner {
             None => None,
         };
         let mut size = FIRST_CHUNK.min(self.chunk_rows);
-        let mut unconfirmed: VecDeque<(Lsn, Option<Vec<String>>, usize)> = VecDeque::new();
-        let mut confirmed = self.handoff.confirmed.subscribe();
+        let ledger = Arc::new(Ledger::default());
+        let settler = Settler(tokio::spawn(settle(
+            ledger.clone(),
+            self.store.clone(),
+            self.handoff.clone(),
+            b.id,
+        )));
         loop {
-            self.settle(b.id, &mut unconfirmed).await;
             if self.cancelled(b.id).await {
                 return Err(RunError::Cancelled);
             }
-            while unconfirmed.len() >= UNCONFIRMED {
-                let oldest = unconfirmed[0].0;
-                let _ = confirmed.wait_for(|c| *c > oldest).await;
-                self.settle(b.id, &mut unconfirmed).await;
-            }
+            ledger.wait_below(UNCONFIRMED).await;
             *chunk_seq += 1;
             let seq = *chunk_seq;
             let began = Instant::now();
@@ -212,7 +213,11 @@ impl Runner {
                 Outcome::Emitted { commit_lsn, rows } => {
                     let full = next.read == size;
                     cursor = next.cursor.clone().or(cursor);
-                    unconfirmed.push_back((commit_lsn, cursor.clone(), rows));
+                    ledger.push(Pending {
+                        commit_lsn,
+                        cursor: cursor.clone(),
+                        rows,
+                    });
                     let took = began.elapsed();
                     if took < FAST_CHUNK {
                         size = (size * 2).min(self.chunk_rows);
@@ -225,10 +230,8 @@ impl Runner {
                 }
             }
         }
-        while let Some(&(last, ..)) = unconfirmed.back() {
-            let _ = confirmed.wait_for(|c| *c > last).await;
-            self.settle(b.id, &mut unconfirmed).await;
-        }
+        ledger.wait_below(1).await;
+        drop(settler);
         let done = BackfillProgress {
             state: Some(BackfillState::Done),
             ..Default::default()
@@ -236,25 +239,6 @@ impl Runner {
         self.record(b.id, done).await;
         tracing::info!(backfill = b.id, table = %plan.table, "backfill done");
         Ok(())
-    }
-
-    /// Record the chunks the slot has confirmed, in order.
-    async fn settle(&self, id: i64, unconfirmed: &mut VecDeque<(Lsn, Option<Vec<String>>, usize)>) {
-        let confirmed = *self.handoff.confirmed.borrow();
-        while unconfirmed
-            .front()
-            .is_some_and(|(commit, ..)| *commit < confirmed)
-        {
-            let Some((_, cursor, rows)) = unconfirmed.pop_front() else {
-                break;
-            };
-            let progress = BackfillProgress {
-                cursor: cursor.map(|c| serde_json::to_string(&c).expect("text encodes as JSON")),
-                rows: rows as i64,
-                ..Default::default()
-            };
-            self.record(id, progress).await;
-        }
     }
 
     async fn cancelled(&self, id: i64) -> bool {
@@ -300,7 +284,7 @@ impl Runner {
             b.id,
             seq,
             Chunk {
-                rows: Arc::new(rows.rows),
+                rows: rows.rows,
                 in_progress: rows.in_progress,
                 sinks,
                 schema: plan.table.schema.as_str().into(),
@@ -316,6 +300,95 @@ impl Runner {
             .await
             .map_err(|_| RunError::Other("the stream dropped a chunk".into()))?;
         Ok(Some((outcome, read)))
+    }
+}
+
+/// A chunk emitted and not yet confirmed.
+struct Pending {
+    /// Its high watermark's commit.
+    commit_lsn: Lsn,
+    /// Where the next chunk starts.
+    cursor: Option<Vec<String>>,
+    rows: usize,
+}
+
+/// The chunks emitted and not yet recorded, oldest first, shared by the runner (which
+/// adds them) and its [`settle`] task (which records them once confirmed).
+#[derive(Default)]
+struct Ledger {
+    pending: Mutex<VecDeque<Pending>>,
+    /// Woken whenever chunks were recorded.
+    settled: Notify,
+    /// Woken when a chunk is added (the slot may have confirmed it already).
+    pushed: Notify,
+}
+
+impl Ledger {
+    fn push(&self, p: Pending) {
+        self.pending.lock().unwrap().push_back(p);
+        self.pushed.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        self.pending.lock().unwrap().len()
+    }
+
+    /// Until fewer than `n` chunks wait to be recorded.
+    async fn wait_below(&self, n: usize) {
+        loop {
+            let settled = self.settled.notified();
+            if self.len() < n {
+                return;
+            }
+            settled.await;
+        }
+    }
+}
+
+/// Record chunks as soon as the slot is told it may forget them, in order, so a crash
+/// repeats as little as possible. Runs until aborted ([`Settler`]).
+async fn settle(ledger: Arc<Ledger>, store: Store, handoff: Arc<Handoff>, id: i64) {
+    let mut confirmed = handoff.confirmed.subscribe();
+    loop {
+        let through = *confirmed.borrow_and_update();
+        loop {
+            let next = {
+                let mut pending = ledger.pending.lock().unwrap();
+                match pending.front() {
+                    Some(p) if p.commit_lsn < through => pending.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some(p) = next else { break };
+            let progress = BackfillProgress {
+                cursor: p
+                    .cursor
+                    .map(|c| serde_json::to_string(&c).expect("text encodes as JSON")),
+                rows: p.rows as i64,
+                ..Default::default()
+            };
+            if let Err(e) = store.run(move |s| s.backfill_progress(id, &progress)).await {
+                tracing::warn!(backfill = id, error = %e, "backfills: cannot record progress");
+            }
+            ledger.settled.notify_waiters();
+        }
+        tokio::select! {
+            changed = confirmed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = ledger.pushed.notified() => {}
+        }
+    }
+}
+
+/// The [`settle`] task of one backfill run, ended with it.
+struct Settler(tokio::task::JoinHandle<()>);
+
+impl Drop for Settler {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
