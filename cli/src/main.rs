@@ -131,7 +131,8 @@ enum Command {
         /// `source.backfill.tables.<t>.where`, if any).
         #[arg(long = "where", value_name = "SQL")]
         filter: Option<String>,
-        /// Follow the progress until every requested backfill ends.
+        /// Follow the progress until every requested backfill ends (when the same backfill
+        /// is already under way, follow that one instead of asking again).
         #[arg(long)]
         wait: bool,
         /// Cancel the pending and running backfills (of --table only, when given).

@@ -75,6 +75,24 @@ pub async fn run(args: Args) -> Result<(), Failure> {
         .into_iter()
         .filter(|b| b.state.is_active())
         .collect();
+    let already: Vec<&Backfill> = requests
+        .iter()
+        .filter_map(|r| active.iter().find(|b| same_request(b, r)))
+        .collect();
+    if args.wait && already.len() == requests.len() {
+        // Everything asked for is under way: follow it.
+        for b in &already {
+            eprintln!(
+                "backfill {} of {} to {} is already {}; waiting for it",
+                b.id,
+                b.table,
+                b.sinks_text(),
+                b.state
+            );
+        }
+        let ids: Vec<i64> = already.iter().map(|b| b.id).collect();
+        return wait(&store, &ids, args.json).await;
+    }
     for r in &requests {
         if let Some(b) = active.iter().find(|b| same_request(b, r)) {
             return Err(input(format!(

@@ -32,6 +32,9 @@ pub const SLOW_CHUNK: Duration = Duration::from_secs(2);
 const UNCONFIRMED: usize = 4;
 /// How often the store is read for new backfills while none runs.
 const POLL: Duration = Duration::from_secs(1);
+/// The first wait before an interrupted backfill goes on; it doubles up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// Session settings of the runner's connection: the value texts the stream's decoder
 /// expects ([`crate::replication::SESSION_OPTIONS`]) and literals as written. Watermark
@@ -76,6 +79,8 @@ impl Runner {
     /// Run backfills as the store lists them, until the task is aborted.
     pub async fn run(self) {
         let mut chunk_seq = 0u64;
+        // The wait before trying an interrupted backfill again, growing while it fails.
+        let mut retry = RETRY_FIRST;
         loop {
             let next = self
                 .store
@@ -95,29 +100,27 @@ impl Runner {
                 }
             };
             let id = backfill.id;
-            let mut retry = Duration::from_millis(500);
-            loop {
-                match self.backfill(&backfill, &mut chunk_seq).await {
-                    Ok(()) => break,
-                    Err(RunError::Cancelled) => {
-                        tracing::info!(backfill = id, table = %backfill.table, "backfill cancelled");
-                        break;
-                    }
-                    Err(e) if e.is_transient() => {
-                        tracing::warn!(backfill = id, table = %backfill.table, error = %e, "backfill interrupted; trying again in {retry:?}");
-                        tokio::time::sleep(retry).await;
-                        retry = (retry * 2).min(Duration::from_secs(10));
-                    }
-                    Err(e) => {
-                        tracing::error!(backfill = id, table = %backfill.table, error = %e, "backfill failed");
-                        let failed = BackfillProgress {
-                            state: Some(BackfillState::Failed),
-                            error: Some(e.to_string()),
-                            ..Default::default()
-                        };
-                        self.record(id, failed).await;
-                        break;
-                    }
+            // Each attempt starts from the store's record: the cursor of the last
+            // chunk confirmed.
+            match self.backfill(&backfill, &mut chunk_seq).await {
+                Ok(()) => retry = RETRY_FIRST,
+                Err(RunError::Cancelled) => {
+                    tracing::info!(backfill = id, table = %backfill.table, "backfill cancelled");
+                }
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(backfill = id, table = %backfill.table, error = %e, "backfill interrupted; going on from its last confirmed chunk in {retry:?}");
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(RETRY_MAX);
+                }
+                Err(e) => {
+                    tracing::error!(backfill = id, table = %backfill.table, error = %e, "backfill failed");
+                    let failed = BackfillProgress {
+                        state: Some(BackfillState::Failed),
+                        error: Some(e.to_string()),
+                        ..Default::default()
+                    };
+                    self.record(id, failed).await;
+                    retry = RETRY_FIRST;
                 }
             }
         }
