@@ -232,6 +232,24 @@ impl SourceConnector for PostgresConnector {
             ),
         });
         let version = setup::server_version(&client).await.map_err(failed)?;
+        if !self.options.snapshot.is_empty() {
+            if version < STREAMING_VERSION {
+                return Err(SourceError::fatal(format!(
+                    "snapshot: initial needs PostgreSQL 14 or later (the watermarks of a backfill are \
+                     logical messages); this server is version {version}"
+                )));
+            }
+            let mut types = TypeRegistry::builtin();
+            for table in &self.options.snapshot {
+                TablePlan::of(&client, &mut types, table)
+                    .await
+                    .map_err(SourceError::fatal)?;
+            }
+            lines.push(format!(
+                "postgres: snapshot: initial can read {} table(s) in key order",
+                self.options.snapshot.len()
+            ));
+        }
         if self.options.streaming {
             lines.push(match version >= STREAMING_VERSION {
                 true => "postgres: large transactions are streamed before their commit (protocol 2)".into(),
