@@ -174,6 +174,7 @@ impl Journal {
     ) -> Result<(Arc<Self>, DiskOpened), DiskError> {
         let opened = DiskLog::open(config, start_lsn)?;
         let log = opened.log.clone();
+        let first = log.first_seq();
         let writer = disk::Writer::new(log.clone())?;
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -198,7 +199,10 @@ impl Journal {
                 writer: Mutex::new(Some(tx)),
                 thread: Mutex::new(Some(thread)),
                 cursors: Mutex::new(Vec::new()),
-                finished: AtomicU64::new(opened.head),
+                // Nothing is finished until the sinks say so: a restarted sink may need
+                // anything still kept (trimming at the head would drop what it has not
+                // delivered yet when the journal is over budget).
+                finished: AtomicU64::new(first),
                 full: AtomicBool::new(false),
             }),
         );

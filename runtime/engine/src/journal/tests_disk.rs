@@ -392,3 +392,50 @@ async fn readers_start_mid_segment_at_the_right_entry() {
     let (_, batch) = j.read(r, 1, Duration::ZERO).await.unwrap();
     assert_eq!(describe(&batch), [Position::new(Lsn(5200), 3).to_string()]);
 }
+
+/// A reopened journal trims nothing a sink has not finished: after a restart nothing counts
+/// as finished until the sinks say so, even when the journal is over its budget (a restart
+/// used to treat everything up to the head as finished and trim what a sink still needed).
+#[tokio::test]
+async fn a_reopened_full_journal_keeps_what_no_sink_finished() {
+    let dir = Dir::new("reopen-full");
+    let config = || dir.config(64 << 10, 128 << 10, Duration::ZERO);
+    let (j, _) = Journal::open_disk(config(), 100_000, Lsn(0)).unwrap();
+    let mut n = 1;
+    loop {
+        let append = tokio::time::timeout(Duration::from_millis(300), j.append(tx(n, 100)));
+        if append.await.is_err() {
+            break;
+        }
+        j.wait_synced(j.head()).await;
+        n += 1;
+        assert!(n < 1000, "the budget never stopped appends");
+    }
+    let first = j.disk_status().unwrap().first_seq;
+    j.shutdown().await;
+    drop(j);
+
+    // Restarted: a sink that had finished nothing reads from the first entry kept.
+    let (j, _) = Journal::open_disk(config(), 100_000, Lsn(0)).unwrap();
+    let r = j.register_at(first);
+    let j2 = j.clone();
+    let append = tokio::spawn(async move { j2.append(tx(5000, 100)).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        j.disk_status().unwrap().first_seq,
+        first,
+        "nothing the sink needs was trimmed"
+    );
+    assert!(!append.is_finished(), "the full journal waits for the sink");
+    let (_, batch) = j.read(r, 1, Duration::ZERO).await.unwrap();
+    assert_eq!(batch.len(), 1, "the oldest entry is still there to read");
+    // Once the sink has finished everything, the append goes on.
+    while j.backlog(r) > 0 {
+        j.read(r, 1000, Duration::ZERO).await.unwrap();
+    }
+    j.release(j.head());
+    tokio::time::timeout(Duration::from_secs(5), append)
+        .await
+        .expect("the append goes on once space is freed")
+        .unwrap();
+}
