@@ -476,16 +476,16 @@ fn a_transform_that_is_not_a_component_is_refused_where_it_is_written() {
 }
 
 #[test]
-fn initial_snapshots_are_refused_where_they_are_written() {
-    let bad = "  snapshot: initial";
-    let yaml = edit(&[(TABLES, &format!("{TABLES}\n{bad}"))]);
+fn a_backfill_setting_for_a_table_not_captured_is_refused_where_it_is_written() {
+    let bad = "  backfill: { tables: { public.other: { where: \"id > 0\" } } }";
+    let yaml = edit(&[(TABLES, &format!("{TABLES}\n  snapshot: initial\n{bad}"))]);
     rejects(
-        "snapshot",
+        "backfill-table",
         &yaml,
         expect(
-            place(&yaml, bad, "snapshot"),
-            "source.snapshot",
-            "`snapshot: initial` is not available in this build yet",
+            place(&yaml, bad, "public.other"),
+            "source.backfill.tables.public.other",
+            "is not one of source.tables",
         ),
     );
 }
