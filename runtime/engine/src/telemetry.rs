@@ -54,14 +54,16 @@ impl Histogram {
         self.sum_nanos.fetch_add((seconds * 1e9) as u64, Relaxed);
     }
 
-    /// (sum in seconds, count, cumulative buckets) for the encoder.
+    /// (sum in seconds, count, each bucket's own count) for the encoder, which makes
+    /// them cumulative itself (prometheus-client's `encode_histogram`).
     fn snapshot(&self) -> Snapshot {
         let mut total = 0;
         let mut buckets = Vec::with_capacity(self.counts.len());
         for (i, c) in self.counts.iter().enumerate() {
-            total += c.load(Relaxed);
+            let n = c.load(Relaxed);
+            total += n;
             let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, total));
+            buckets.push((bound, n));
         }
         (self.sum_nanos.load(Relaxed) as f64 / 1e9, total, buckets)
     }
@@ -335,7 +337,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn histograms_are_cumulative_with_an_infinite_bucket() {
+    fn histograms_count_each_bucket_with_an_infinite_one() {
         let h = Histogram::new(&[0.1, 1.0]);
         for v in [0.05, 0.1, 0.5, 2.0, -1.0] {
             h.observe(v);
@@ -343,7 +345,35 @@ mod tests {
         let (sum, count, buckets) = h.snapshot();
         assert_eq!(count, 5);
         assert!((sum - 2.65).abs() < 1e-6, "{sum}");
-        assert_eq!(buckets, vec![(0.1, 3), (1.0, 4), (f64::INFINITY, 5)]);
+        assert_eq!(buckets, vec![(0.1, 3), (1.0, 1), (f64::INFINITY, 1)]);
+    }
+
+    #[test]
+    fn rendered_buckets_are_cumulative_once() {
+        #[derive(Debug)]
+        struct H(Histogram);
+        impl HistogramSource for H {
+            fn histogram(&self) -> &Histogram {
+                &self.0
+            }
+        }
+        let h = H(Histogram::new(&[0.1, 1.0]));
+        for v in [0.05, 0.5, 0.5, 2.0] {
+            h.0.observe(v);
+        }
+        let text = render(vec![Family {
+            name: "sink_latency_seconds",
+            help: "Latency.",
+            kind: Kind::Histogram(vec![(sink_label("hook"), Arc::new(h))]),
+        }]);
+        for line in [
+            "sluice_sink_latency_seconds_bucket{sink=\"hook\",le=\"0.1\"} 1",
+            "sluice_sink_latency_seconds_bucket{sink=\"hook\",le=\"1\"} 3",
+            "sluice_sink_latency_seconds_bucket{sink=\"hook\",le=\"+Inf\"} 4",
+            "sluice_sink_latency_seconds_count{sink=\"hook\"} 4",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
     }
 
     #[test]

@@ -238,7 +238,10 @@ fn snapshot_initial_with_per_table_overrides_and_conditions() {
 
     // `never` with one table opted in.
     let mut lines = with(&[(5, "  tables: [orders, customers]")]);
-    lines.insert(5, "  backfill: { tables: { customers: { snapshot: initial } } }");
+    lines.insert(
+        5,
+        "  backfill: { tables: { customers: { snapshot: initial } } }",
+    );
     let o = source(&lines).options("orders");
     assert_eq!(o.snapshot, [TableRef::new("public", "customers")]);
     assert!(source(BASE).options("orders").snapshot.is_empty());
