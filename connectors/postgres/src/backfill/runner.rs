@@ -30,6 +30,9 @@ pub const FAST_CHUNK: Duration = Duration::from_millis(250);
 pub const SLOW_CHUNK: Duration = Duration::from_secs(2);
 /// Chunks emitted and not yet confirmed, at most: the backfill goes at the sinks' pace.
 const UNCONFIRMED: usize = 4;
+/// Chunks handed over to the stream and not yet emitted by it, at most: the next chunk is
+/// read while the stream emits the last.
+const AHEAD: usize = 2;
 /// How often the store is read for new backfills while none runs.
 const POLL: Duration = Duration::from_secs(1);
 /// The first wait before an interrupted backfill goes on; it doubles up to [`RETRY_MAX`].
@@ -191,49 +194,63 @@ impl Runner {
             self.handoff.clone(),
             b.id,
         )));
+        // Chunks handed over whose outcome the stream has not sent yet: the next is read
+        // while the stream emits the last.
+        let mut ahead: VecDeque<Ahead> = VecDeque::new();
+        let mut exhausted = false;
         loop {
-            if self.cancelled(b.id).await {
-                return Err(RunError::Cancelled);
+            while !exhausted && ahead.len() < AHEAD {
+                if self.cancelled(b.id).await {
+                    return Err(RunError::Cancelled);
+                }
+                ledger.wait_below(UNCONFIRMED).await;
+                *chunk_seq += 1;
+                let seq = *chunk_seq;
+                let chunk = self
+                    .chunk(
+                        &mut client,
+                        &plan,
+                        b,
+                        seq,
+                        cursor.clone(),
+                        size,
+                        sinks.clone(),
+                    )
+                    .await?;
+                let Some(chunk) = chunk else {
+                    // Nothing after the cursor: the table is done.
+                    exhausted = true;
+                    break;
+                };
+                if chunk.took < FAST_CHUNK {
+                    size = (size * 2).min(self.chunk_rows);
+                } else if chunk.took > SLOW_CHUNK {
+                    size = (size / 2).max(FIRST_CHUNK.min(self.chunk_rows));
+                }
+                exhausted = !chunk.full;
+                cursor = chunk.end.clone();
+                ahead.push_back(chunk);
             }
-            ledger.wait_below(UNCONFIRMED).await;
-            *chunk_seq += 1;
-            let seq = *chunk_seq;
-            let began = Instant::now();
-            let read = self
-                .chunk(
-                    &mut client,
-                    &plan,
-                    b,
-                    seq,
-                    cursor.as_deref(),
-                    size,
-                    sinks.clone(),
-                )
-                .await?;
-            let Some((outcome, next)) = read else {
-                // Nothing after the cursor: the table is done.
+            let Some(front) = ahead.pop_front() else {
                 break;
             };
+            let outcome = front
+                .outcome
+                .await
+                .map_err(|_| RunError::Other("the stream dropped a chunk".into()))?;
             match outcome {
-                Outcome::Again => continue,
-                Outcome::Emitted { commit_lsn, rows } => {
-                    let full = next.read == size;
-                    cursor = next.cursor.clone().or(cursor);
-                    ledger.push(Pending {
-                        commit_lsn,
-                        cursor: cursor.clone(),
-                        rows,
-                    });
-                    let took = began.elapsed();
-                    if took < FAST_CHUNK {
-                        size = (size * 2).min(self.chunk_rows);
-                    } else if took > SLOW_CHUNK {
-                        size = (size / 2).max(FIRST_CHUNK.min(self.chunk_rows));
-                    }
-                    if !full {
-                        break;
-                    }
+                Outcome::Again => {
+                    // Read it again, and what followed it (those rows may come twice:
+                    // reads are upserts).
+                    cursor = front.start;
+                    ahead.clear();
+                    exhausted = false;
                 }
+                Outcome::Emitted { commit_lsn, rows } => ledger.push(Pending {
+                    commit_lsn,
+                    cursor: front.end,
+                    rows,
+                }),
             }
         }
         ledger.wait_below(1).await;
@@ -254,8 +271,8 @@ impl Runner {
         )
     }
 
-    /// One chunk: low watermark, rows, hand-over, high watermark, and what the stream did
-    /// with it. `None` when there are no rows after the cursor.
+    /// One chunk: low watermark, rows, hand-over, high watermark. `None` when there are
+    /// no rows after the cursor.
     #[allow(clippy::too_many_arguments)]
     async fn chunk(
         &self,
@@ -263,10 +280,11 @@ impl Runner {
         plan: &TablePlan,
         b: &Backfill,
         seq: u64,
-        cursor: Option<&[String]>,
+        start: Option<Vec<String>>,
         size: usize,
         sinks: Option<Arc<[Arc<str>]>>,
-    ) -> Result<Option<(Outcome, ChunkRead)>, RunError> {
+    ) -> Result<Option<Ahead>, RunError> {
+        let began = Instant::now();
         let mark = |high| Mark {
             run: self.handoff.run,
             backfill: b.id,
@@ -275,16 +293,14 @@ impl Runner {
             table: plan.oid,
         };
         emit(client, &mark(false)).await?;
-        let rows = read_chunk(client, plan, cursor, b.filter.as_deref(), size).await?;
+        let rows = read_chunk(client, plan, start.as_deref(), b.filter.as_deref(), size).await?;
         if rows.rows.is_empty() {
             // Close the window the low watermark opened.
             emit(client, &mark(true)).await?;
             return Ok(None);
         }
-        let read = ChunkRead {
-            read: rows.rows.len(),
-            cursor: rows.cursor,
-        };
+        let full = rows.rows.len() == size;
+        let end = rows.cursor.or_else(|| start.clone());
         let (reply, outcome) = oneshot::channel();
         self.handoff.offer(
             b.id,
@@ -302,11 +318,27 @@ impl Runner {
             self.handoff.withdraw(b.id, seq);
             return Err(e);
         }
-        let outcome = outcome
-            .await
-            .map_err(|_| RunError::Other("the stream dropped a chunk".into()))?;
-        Ok(Some((outcome, read)))
+        Ok(Some(Ahead {
+            start,
+            end,
+            full,
+            took: began.elapsed(),
+            outcome,
+        }))
     }
+}
+
+/// A chunk handed over to the stream, waiting for what the stream did with it.
+struct Ahead {
+    /// Its first row comes after this key (`None`: the table's start).
+    start: Option<Vec<String>>,
+    /// Its last row's key.
+    end: Option<Vec<String>>,
+    /// It held as many rows as asked: there may be more.
+    full: bool,
+    /// From its low watermark to its high one.
+    took: Duration,
+    outcome: oneshot::Receiver<Outcome>,
 }
 
 /// A chunk emitted and not yet confirmed.
@@ -396,12 +428,6 @@ impl Drop for Settler {
     fn drop(&mut self) {
         self.0.abort();
     }
-}
-
-/// What a chunk read: how many rows, and where the next one starts.
-struct ChunkRead {
-    read: usize,
-    cursor: Option<Vec<String>>,
 }
 
 /// Write a watermark into the WAL, in a transaction of its own.
