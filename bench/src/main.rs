@@ -3,21 +3,30 @@
 //! For each workload it creates one logical slot per consumer *before* writing the
 //! changes, so every consumer reads the same WAL; then it runs each consumer alone, from
 //! its start until it has consumed past the workload's marker (see [`workload`]), and
-//! drops its slot. `pg_recvlogical` with pgoutput to /dev/null is the ceiling; every
+//! drops its slot (see [`throughput`]). `pg_recvlogical` with pgoutput to /dev/null is the ceiling; every
 //! sluice row is divided by it. A latency run sends a steady load through sluice to the
 //! bench's own webhook receiver, which times each envelope from its commit; a
 //! read-your-writes run (row `ryw`) times an application's write→token→`/wait` on a Redis
-//! cache, idle and under the same steady load. Everything ends in one table (Markdown) on
-//! stdout, and in `--out` if given.
+//! cache, idle and under the same steady load. The outbox workload writes a transactional
+//! outbox: sluice relays it from the WAL (`source.outbox`) and, on a copy of the same
+//! rows, as the polling source (`postgres_outbox_poll`); the brokers' rows also run a
+//! steady outbox load, timed by sluice's own commit→ack histogram (see [`outbox`]). The
+//! backfill workload copies a table that existed before the slot (`snapshot: initial`)
+//! beside `psql`'s `COPY … TO STDOUT`, its ceiling (see [`backfill`]). Everything ends in
+//! one table (Markdown) on stdout, and in `--out` if given.
 //!
 //! Run it with `bash scripts/bench.sh` (release builds of sluice and this binary).
 
+mod backfill;
 mod consumers;
 mod cpu;
+mod metrics;
 mod outage;
+mod outbox;
 mod receiver;
 mod report;
 mod services;
+mod throughput;
 mod workload;
 
 use std::path::{Path, PathBuf};
@@ -28,11 +37,11 @@ use clap::Parser;
 use sluice_testkit::Postgres;
 use tokio_postgres::Client;
 
-use consumers::{Latency, SinkRow, SluiceProcess, SINKS};
+use consumers::{Feed, Latency, SinkRow, SluiceProcess, SINKS};
 use receiver::Receiver;
 use report::{percentile, secs, Row};
 use services::Services;
-use workload::{count, Generated, Workload};
+use workload::{count, Workload};
 
 /// Benchmarks sluice against pg_recvlogical on the same WAL: throughput, commit→sink
 /// latency, peak memory.
@@ -52,8 +61,9 @@ struct Args {
     #[arg(long, default_value_t = 1000)]
     tx_rows: u64,
 
-    /// Only these workloads (comma-separated): inserts, updates, one-tx. Updates change
-    /// the rows the inserts wrote, so they need inserts.
+    /// Only these workloads (comma-separated): inserts, updates, one-tx, outbox, backfill.
+    /// Updates change the rows the inserts wrote, so they need inserts. `outbox` also
+    /// selects the outbox latency runs (`--outbox-rate`).
     #[arg(long, value_delimiter = ',')]
     workloads: Vec<String>,
 
@@ -69,6 +79,25 @@ struct Args {
     /// How long each latency run sends its load, in seconds.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
+
+    /// The steady rate of the outbox latency runs (the broker rows, with the outbox
+    /// workload), in outbox events per second; 0 skips them.
+    #[arg(long, default_value_t = 2_000)]
+    outbox_rate: u64,
+
+    /// How long each outbox latency run sends its load, in seconds.
+    #[arg(long, default_value_t = 20)]
+    outbox_secs: u64,
+
+    /// Rows per poll of the polling outbox source in the outbox workload (its
+    /// `batch_size`, 1 to 10000; the source's default is 500).
+    #[arg(long, default_value_t = 500)]
+    poll_batch: u32,
+
+    /// The backfill workload's largest chunk (`source.backfill.chunk_rows`); unset:
+    /// sluice's default.
+    #[arg(long)]
+    backfill_chunk_rows: Option<usize>,
 
     /// Before each timed run, wait up to this many seconds for other work on the machine
     /// to drop below 20% of a core (0: do not wait).
@@ -170,22 +199,38 @@ async fn main() -> Result<()> {
     eprintln!("bench: {machine}");
 
     let mut rows = Vec::new();
+    let outbox_selected = workloads.contains(&Workload::Outbox);
     for w in workloads {
-        rows.extend(bench.workload(w).await?);
+        rows.extend(match w {
+            Workload::Backfill => bench.backfill().await?,
+            w => bench.workload(w).await?,
+        });
     }
-    if bench.args.latency_rate > 0 && bench.args.latency_secs > 0 {
-        let mut next_id = 10 * bench.args.rows + 1;
-        for sink in &bench.sinks {
-            for (label, bin) in &bench.binaries {
-                match sink.latency {
-                    Latency::No => continue,
-                    Latency::Receiver => rows.push(bench.latency(label, bin, sink, next_id).await),
-                    Latency::Wait => {
-                        rows.extend(bench.read_your_writes(label, bin, sink, next_id).await)
-                    }
-                }
-                next_id += bench.args.latency_rate * bench.args.latency_secs;
-            }
+    let args = &bench.args;
+    let steady = args.latency_rate > 0 && args.latency_secs > 0;
+    let outbox_steady = outbox_selected && args.outbox_rate > 0 && args.outbox_secs > 0;
+    // Ids above every workload's, each run's own (a steady load writes at least 100 rows
+    // a second).
+    let mut next_id = 10 * args.rows + 1;
+    for sink in &bench.sinks {
+        for (label, bin) in &bench.binaries {
+            let (measured, written) = match sink.latency {
+                Latency::Receiver if steady => (
+                    vec![bench.latency(label, bin, sink, next_id).await],
+                    args.latency_rate.max(100) * args.latency_secs,
+                ),
+                Latency::Wait if steady => (
+                    bench.read_your_writes(label, bin, sink, next_id).await,
+                    args.latency_rate.max(100) * args.latency_secs,
+                ),
+                Latency::Histogram if outbox_steady => (
+                    vec![bench.outbox_latency(label, bin, sink, next_id).await],
+                    bench.outbox_ids(),
+                ),
+                _ => continue,
+            };
+            rows.extend(measured);
+            next_id += written;
         }
     }
 
@@ -267,166 +312,6 @@ impl Bench {
         }
     }
 
-    /// One workload: slots for every consumer and round, the changes, then each
-    /// consumer alone, round after round.
-    async fn workload(&self, w: Workload) -> Result<Vec<Row>> {
-        let args = &self.args;
-        let repeat = args.repeat.max(1);
-        let label = w.label(args.rows, args.tx_rows);
-        let sinks: Vec<&SinkRow> = self
-            .sinks
-            .iter()
-            .copied()
-            .filter(|s| s.throughput)
-            .collect();
-        // Each sink once per binary under test, the baseline right after this build.
-        let variants: Vec<(&str, &Path, &SinkRow)> = sinks
-            .iter()
-            .flat_map(|s| {
-                self.binaries
-                    .iter()
-                    .map(move |(l, b)| (*l, b.as_path(), *s))
-            })
-            .collect();
-        let mut consumers = vec!["recvlogical".to_string()];
-        consumers.extend(variants.iter().map(|(l, _, s)| format!("{l}_{}", s.name)));
-        let slot = |consumer: &str, round: usize| {
-            format!("bench_{}_{}_{round}", w.name(), consumer).replace('-', "_")
-        };
-        for round in 0..repeat {
-            for consumer in &consumers {
-                workload::create_slot(&self.client, &slot(consumer, round)).await?;
-            }
-        }
-        let generated = workload::generate(&self.client, w, args.rows, args.tx_rows).await?;
-        eprintln!(
-            "bench: {label}: written in {:.1} s; consumers read up to {}",
-            secs(generated.took),
-            generated.marker
-        );
-        // Generous: a stuck consumer is reported, not waited for forever.
-        let timeout = Duration::from_secs(300 + args.rows / 1000);
-
-        // runs[0] is pg_recvlogical's, then one per sink.
-        let mut runs: Vec<Vec<Row>> = consumers.iter().map(|_| Vec::new()).collect();
-        for round in 0..repeat {
-            let mut reference = Row {
-                workload: label.clone(),
-                consumer: "pg_recvlogical".into(),
-                events: generated.events,
-                ..Row::default()
-            };
-            let slot_name = slot("recvlogical", round);
-            self.quiet().await;
-            let before = cpu::sample(&self.ours());
-            match consumers::recvlogical(
-                &self.pg_bin,
-                self.pg.port,
-                &slot_name,
-                generated.marker,
-                timeout,
-            )
-            .await
-            {
-                Ok(took) => reference.seconds = Some(secs(took)),
-                Err(e) => reference.note = format!("{e:#}"),
-            }
-            reference.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
-            workload::drop_slot(&self.client, &slot_name).await?;
-            eprintln!("bench: {label}: pg_recvlogical {}", summary(&reference));
-            runs[0].push(reference);
-
-            for (i, (bin_label, bin, sink)) in variants.iter().enumerate() {
-                let slot_name = slot(&consumers[i + 1], round);
-                let mut row = self
-                    .throughput(bin_label, bin, sink, &slot_name, &generated)
-                    .await;
-                row.workload = label.clone();
-                workload::drop_slot(&self.client, &slot_name).await?;
-                eprintln!("bench: {label}: {} {}", row.consumer, summary(&row));
-                runs[i + 1].push(row);
-            }
-        }
-        let mut rows: Vec<Row> = runs.into_iter().map(report::combine).collect();
-        let reference = rows[0].rate();
-        for row in &mut rows {
-            row.reference = reference;
-        }
-        Ok(rows)
-    }
-
-    /// The sluice binary `bin` with `sink`, reading `slot` until its sink is durably past
-    /// the marker.
-    async fn throughput(
-        &self,
-        bin_label: &str,
-        bin: &Path,
-        sink: &SinkRow,
-        slot: &str,
-        generated: &Generated,
-    ) -> Row {
-        let mut row = Row {
-            consumer: format!("{bin_label} → {}", sink.name),
-            events: generated.events,
-            ..Row::default()
-        };
-        if let Err(e) = self.services.reset() {
-            row.note = format!("{e:#}");
-            return row;
-        }
-        self.quiet().await;
-        let before = cpu::sample(&self.ours());
-        let started = SluiceProcess::start(
-            bin,
-            &self.pg.url(),
-            sink,
-            slot,
-            &self.receiver.url,
-            self.services.env(),
-        );
-        let mut process = match started {
-            Ok(p) => p,
-            Err(e) => {
-                row.note = format!("{e:#}");
-                return row;
-            }
-        };
-        let received = self.receiver.events();
-        let stall = Duration::from_secs(60 + self.args.rows / 10_000);
-        let measured = async {
-            let startup = process.wait_streaming(Duration::from_secs(60)).await?;
-            let (status, took) = process.wait_flushed(generated.marker, stall).await?;
-            anyhow::Ok((startup, status, took))
-        }
-        .await;
-        row.rss_mb = process.peak_rss_mb();
-        let cpu_seconds = process.cpu_seconds();
-        let stopped = process.stop().await;
-        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
-        row.cpu_us = cpu_seconds.map(|s| s * 1e6 / generated.events.max(1) as f64);
-        match measured {
-            Ok((startup, status, took)) => {
-                row.startup = Some(secs(startup));
-                row.seconds = Some(secs(took));
-                if status.delivered != generated.events {
-                    row.note = format!(
-                        "the sink delivered {} events, expected {}",
-                        status.delivered, generated.events
-                    );
-                }
-                let got = self.receiver.events() - received;
-                if sink.sink.contains("$WEBHOOK") && got < generated.events {
-                    row.note = format!("the receiver got {got} of {} events", generated.events);
-                }
-            }
-            Err(e) => row.note = format!("{e:#}"),
-        }
-        if let Err(e) = stopped {
-            row.note = format!("{} {e:#}", row.note);
-        }
-        row
-    }
-
     /// A steady load through the sluice binary `bin` with `sink` (a webhook to the bench
     /// receiver), timing every envelope from its commit to its arrival.
     async fn latency(&self, bin_label: &str, bin: &Path, sink: &SinkRow, first_id: u64) -> Row {
@@ -438,8 +323,9 @@ impl Bench {
         };
         let slot = format!("bench_latency_{bin_label}_{}", sink.name).replace('-', "_");
         let result = async {
+            let feed = Feed::Table { slot: &slot };
             let mut process =
-                SluiceProcess::start(bin, &self.pg.url(), sink, &slot, &self.receiver.url, &[])?;
+                SluiceProcess::start(bin, &self.pg.url(), sink, feed, &self.receiver.url, &[])?;
             let startup = process.wait_streaming(Duration::from_secs(60)).await;
             self.quiet().await;
             let before = cpu::sample(&self.ours());
@@ -530,7 +416,7 @@ impl Bench {
                 bin,
                 &self.pg.url(),
                 sink,
-                &slot,
+                Feed::Table { slot: &slot },
                 &self.receiver.url,
                 self.services.env(),
             )?;

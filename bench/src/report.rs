@@ -14,7 +14,8 @@ pub struct Row {
     pub seconds: Option<f64>,
     /// Of which: from spawn until the replication stream was open (sluice only).
     pub startup: Option<f64>,
-    /// events/s of the reference (`pg_recvlogical`) on the same workload.
+    /// events/s of the workload's reference (`pg_recvlogical`; `psql COPY` for the
+    /// backfill) on the same workload.
     pub reference: Option<f64>,
     /// Commit→sink latency percentiles, milliseconds (latency runs only).
     pub p50_ms: Option<f64>,
@@ -137,7 +138,7 @@ const HEADERS: [&str; 14] = [
     "startup s",
     "events/s",
     "spread %",
-    "× pg_recvlogical",
+    "× reference",
     "p50 ms",
     "p99 ms",
     "peak RSS MB",
