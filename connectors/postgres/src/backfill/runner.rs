@@ -5,7 +5,9 @@
 //! row of it is durable in the journal or at every sink: a kill -9 resumes at the last chunk
 //! so recorded, never skipping one. Chunks grow from [`FIRST_CHUNK`] rows up to
 //! `chunk_rows` while a chunk takes less than [`FAST_CHUNK`], and shrink when one takes
-//! longer than [`SLOW_CHUNK`].
+//! longer than [`SLOW_CHUNK`]. The next chunk is read while the stream emits the last
+//! ([`AHEAD`] handed over at most), and no more than [`UNCONFIRMED`] emitted chunks wait
+//! for the slot, so a backfill goes at the pace of the journal (or the slowest sink).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
