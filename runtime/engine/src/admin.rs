@@ -119,8 +119,52 @@ fn lag_seconds(s: &AdminState, sink: &SinkProgress, reader: ReaderId) -> f64 {
 
 async fn metrics(State(s): State<AdminState>) -> Response {
     let depths = s.dlq_depths().await;
-    let text = telemetry::render(families(&s, &depths));
+    let backfills = s.store.run(|s| s.backfills()).await.unwrap_or_default();
+    let mut families = families(&s, &depths);
+    families.extend(backfill_families(&backfills));
+    let text = telemetry::render(families);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The backfills: how many are in each state, and the rows of each active one by table.
+fn backfill_families(backfills: &[crate::state::Backfill]) -> Vec<Family> {
+    use crate::state::BackfillState as S;
+    let states = [S::Pending, S::Running, S::Done, S::Cancelled, S::Failed];
+    let active = || backfills.iter().filter(|b| b.state.is_active());
+    let table =
+        |b: &crate::state::Backfill| telemetry::with_label(&Labels::new(), "table", &b.table);
+    vec![
+        Family {
+            name: "backfills",
+            help: "Backfills recorded in the state store, by state.",
+            kind: Kind::Gauge(
+                states
+                    .iter()
+                    .map(|st| {
+                        let n = backfills.iter().filter(|b| b.state == *st).count();
+                        (
+                            telemetry::with_label(&Labels::new(), "state", st.as_str()),
+                            n as f64,
+                        )
+                    })
+                    .collect(),
+            ),
+        },
+        Family {
+            name: "backfill_rows",
+            help: "Rows a pending or running backfill has copied (confirmed), by table.",
+            kind: Kind::Gauge(active().map(|b| (table(b), b.rows as f64)).collect()),
+        },
+        Family {
+            name: "backfill_estimated_rows",
+            help: "Rows a pending or running backfill's table is estimated to hold, by table.",
+            kind: Kind::Gauge(
+                active()
+                    .filter_map(|b| Some((table(b), b.estimate? as f64)))
+                    .collect(),
+            ),
+        },
+    ]
 }
 
 /// Every family of `/metrics` but the process's own.
@@ -751,6 +795,44 @@ async fn status(State(s): State<AdminState>) -> Json<serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backfills_are_counted_by_state_and_active_ones_show_their_rows() {
+        use crate::state::{Backfill, BackfillState};
+        let backfill = |id, table: &str, state, rows| Backfill {
+            id,
+            table: table.into(),
+            sinks: vec![],
+            filter: None,
+            state,
+            cursor: None,
+            rows,
+            estimate: Some(1000),
+            chunks: 1,
+            error: None,
+            created_at: 0,
+            started_at: Some(0),
+            updated_at: 0,
+            finished_at: None,
+        };
+        let text = telemetry::render(backfill_families(&[
+            backfill(1, "public.orders", BackfillState::Done, 1000),
+            backfill(2, "public.items", BackfillState::Running, 250),
+        ]));
+        for line in [
+            "sluice_backfills{state=\"done\"} 1",
+            "sluice_backfills{state=\"running\"} 1",
+            "sluice_backfills{state=\"failed\"} 0",
+            "sluice_backfill_rows{table=\"public.items\"} 250",
+            "sluice_backfill_estimated_rows{table=\"public.items\"} 1000",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in:\n{text}");
+        }
+        assert!(
+            !text.contains("public.orders"),
+            "a finished backfill has no rows series"
+        );
+    }
 
     #[test]
     fn a_token_past_a_page_header_means_the_page_start() {
