@@ -10,7 +10,7 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use sluice_runtime::state::{Backfill, BackfillState, Backfills, NewBackfill, SqliteStore};
+use sluice_runtime::state::{Backfill, BackfillState, Backfills, NewBackfill, SqliteStore, Store};
 
 use super::runtime;
 use crate::Failure;
@@ -55,7 +55,10 @@ pub async fn run(args: Args) -> Result<(), Failure> {
     }
     let connector = super::source(&pipeline)?;
     let targets = connector
-        .backfill_targets(&args.tables)
+        .backfill_targets(
+            &args.tables,
+            &Store::new(SqliteStore::open(&pipeline.state).map_err(runtime)?),
+        )
         .await
         .map_err(|e| match e.is_transient() {
             true => runtime(format!("cannot check the tables: {e}")),

@@ -14,7 +14,7 @@ use sluice_runtime::state::{NewBackfill, Store};
 use sluice_runtime::units::human_bytes;
 use sluice_runtime::{Lsn, SourceError};
 
-use crate::backfill::copy::TablePlan;
+use crate::backfill::copy::{PlanError, TablePlan};
 use crate::config::PostgresConfig;
 use crate::ddl::{self, Trigger};
 use crate::options::PostgresOptions;
@@ -404,6 +404,7 @@ impl SourceConnector for PostgresConnector {
     async fn backfill_targets(
         &self,
         tables: &[String],
+        store: &Store,
     ) -> Result<Vec<BackfillTarget>, SourceError> {
         let captured = &self.options.tables;
         let mut chosen = Vec::new();
@@ -448,7 +449,17 @@ impl SourceConnector for PostgresConnector {
         let mut types = TypeRegistry::builtin();
         let mut targets = Vec::with_capacity(chosen.len());
         for table in chosen {
-            if let Err(e) = TablePlan::of(&client, &mut types, &table).await {
+            let mut planned = TablePlan::of(&client, &mut types, &table).await;
+            if matches!(planned, Err(PlanError::Missing(_))) {
+                // Renamed since sluice last ran: the same table under its new name.
+                if let Some(now) = tables::renamed_to(&client, store, &table)
+                    .await
+                    .map_err(|e| SourceError::transient(e.to_string()))?
+                {
+                    planned = TablePlan::of(&client, &mut types, &now).await;
+                }
+            }
+            if let Err(e) = planned {
                 return Err(match e.is_transient() {
                     true => SourceError::transient(e),
                     false => SourceError::fatal(e),

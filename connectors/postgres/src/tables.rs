@@ -93,23 +93,7 @@ pub async fn resolve(
             continue;
         }
         let renamed = match remembered {
-            Some(oid) => client
-                .query_opt(
-                    "select n.nspname::text, c.relname::text from pg_class c
-                       join pg_namespace n on n.oid = c.relnamespace
-                      where c.oid = $1 and c.relkind in ('r', 'p')",
-                    &[&oid],
-                )
-                .await
-                .map_err(crate::setup::query_err(format!(
-                    "looking up table {t} by its OID"
-                )))?
-                .map(|r| {
-                    (
-                        oid,
-                        TableRef::new(r.get::<_, String>(0), r.get::<_, String>(1)),
-                    )
-                }),
+            Some(oid) => name_of(client, oid, t).await?.map(|now| (oid, now)),
             None => None,
         };
         match renamed {
@@ -136,6 +120,45 @@ pub async fn resolve(
         }
     }
     Ok(found)
+}
+
+/// The name `table` (as configured) has now, found by the OID the state store remembers
+/// for it: `None` when none is remembered or no table has it any more.
+pub async fn renamed_to(
+    client: &Client,
+    store: &Store,
+    table: &TableRef,
+) -> Result<Option<TableRef>, SetupError> {
+    let key = oid_key(table);
+    let Some(oid) = store
+        .run(move |s| s.meta(&key))
+        .await
+        .map_err(|e| SetupError::Check(format!("reading the state store: {e}")))?
+        .and_then(|v| v.parse::<u32>().ok())
+    else {
+        return Ok(None);
+    };
+    name_of(client, oid, table).await
+}
+
+/// The current name of the table with `oid` (`configured`, for messages), if one has it.
+async fn name_of(
+    client: &Client,
+    oid: u32,
+    configured: &TableRef,
+) -> Result<Option<TableRef>, SetupError> {
+    let row = client
+        .query_opt(
+            "select n.nspname::text, c.relname::text from pg_class c
+               join pg_namespace n on n.oid = c.relnamespace
+              where c.oid = $1 and c.relkind in ('r', 'p')",
+            &[&oid],
+        )
+        .await
+        .map_err(crate::setup::query_err(format!(
+            "looking up table {configured} by its OID"
+        )))?;
+    Ok(row.map(|r| TableRef::new(r.get::<_, String>(0), r.get::<_, String>(1))))
 }
 
 /// Remember the OIDs of `identities` in the state store, so a rename while sluice is

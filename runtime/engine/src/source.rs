@@ -265,12 +265,14 @@ pub trait SourceConnector: Send + Sync {
     /// empty: every table the source captures) can be copied into the stream, and return
     /// them as the source names them, with the condition their rows meet by default. A
     /// fatal error is a refusal naming the table and why (not captured, missing, no key);
-    /// a transient one means the upstream could not be asked.
+    /// a transient one means the upstream could not be asked. `store` is the pipeline's
+    /// (a table renamed since is found by what the source remembers there).
     async fn backfill_targets(
         &self,
         tables: &[String],
+        store: &Store,
     ) -> Result<Vec<BackfillTarget>, SourceError> {
-        let _ = tables;
+        let _ = (tables, store);
         Err(SourceError::fatal(
             "this source type cannot backfill: it reads no table".to_string(),
         ))

@@ -165,7 +165,19 @@ impl Runner {
             )));
         }
         let mut types = TypeRegistry::builtin();
-        let plan = TablePlan::of(&client, &mut types, &table).await?;
+        let plan = match TablePlan::of(&client, &mut types, &table).await {
+            // Renamed since the request: the same table under its new name.
+            Err(PlanError::Missing(_)) => {
+                match crate::tables::renamed_to(&client, &self.store, &table)
+                    .await
+                    .map_err(|e| RunError::Other(e.to_string()))?
+                {
+                    Some(now) => TablePlan::of(&client, &mut types, &now).await?,
+                    None => return Err(PlanError::Missing(table).into()),
+                }
+            }
+            planned => planned?,
+        };
         let started = BackfillProgress {
             estimate: plan.estimate,
             state: Some(BackfillState::Running),
