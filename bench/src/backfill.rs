@@ -107,37 +107,19 @@ impl Bench {
             events: rows,
             ..Row::default()
         };
-        if let Err(e) = self.services.reset() {
-            row.note = format!("{e:#}");
-            return row;
-        }
-        self.quiet().await;
-        let before = cpu::sample(&self.ours());
-        let started = SluiceProcess::start(
-            v.bin,
-            &self.pg.url(),
-            v.sink,
-            Feed::Backfill {
-                slot,
-                chunk_rows: self.args.backfill_chunk_rows,
-            },
-            &self.receiver.url,
-            self.services.env(),
-        );
-        let mut process = match started {
-            Ok(p) => p,
-            Err(e) => {
-                row.note = format!("{e:#}");
-                return row;
-            }
-        };
         let stall = Duration::from_secs(60 + rows / 10_000);
-        let measured = process.wait_backfilled(rows, stall).await;
-        row.rss_mb = process.peak_rss_mb();
-        let cpu_seconds = process.cpu_seconds();
-        let stopped = process.stop().await;
-        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
-        row.cpu_us = cpu_seconds.map(|s| s * 1e6 / rows.max(1) as f64);
+        let feed = Feed::Backfill {
+            slot,
+            chunk_rows: self.args.backfill_chunk_rows,
+        };
+        let Some((measured, stopped)) = self
+            .measure(v, feed, &mut row, async |process: &mut SluiceProcess| {
+                process.wait_backfilled(rows, stall).await
+            })
+            .await
+        else {
+            return row;
+        };
         match measured {
             Ok(done) => {
                 row.startup = done.startup.map(secs);

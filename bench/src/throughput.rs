@@ -166,40 +166,18 @@ impl Bench {
             events,
             ..Row::default()
         };
-        if let Err(e) = self.services.reset() {
-            row.note = format!("{e:#}");
-            return row;
-        }
-        self.quiet().await;
-        let before = cpu::sample(&self.ours());
-        let started = SluiceProcess::start(
-            v.bin,
-            &self.pg.url(),
-            sink,
-            feed,
-            &self.receiver.url,
-            self.services.env(),
-        );
-        let mut process = match started {
-            Ok(p) => p,
-            Err(e) => {
-                row.note = format!("{e:#}");
-                return row;
-            }
-        };
         let received = self.receiver.events();
         let stall = Duration::from_secs(60 + self.args.rows / 10_000);
-        let measured = async {
-            let startup = process.wait_streaming(Duration::from_secs(60)).await?;
-            let (status, took) = process.wait_done(done, stall).await?;
-            anyhow::Ok((startup, status, took))
-        }
-        .await;
-        row.rss_mb = process.peak_rss_mb();
-        let cpu_seconds = process.cpu_seconds();
-        let stopped = process.stop().await;
-        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
-        row.cpu_us = cpu_seconds.map(|s| s * 1e6 / events.max(1) as f64);
+        let Some((measured, stopped)) = self
+            .measure(v, feed, &mut row, async |process: &mut SluiceProcess| {
+                let startup = process.wait_streaming(Duration::from_secs(60)).await?;
+                let (status, took) = process.wait_done(done, stall).await?;
+                anyhow::Ok((startup, status, took))
+            })
+            .await
+        else {
+            return row;
+        };
         match measured {
             Ok((startup, status, took)) => {
                 row.startup = Some(secs(startup));
@@ -221,6 +199,47 @@ impl Bench {
             row.note = format!("{} {e:#}", row.note);
         }
         row
+    }
+
+    /// Start the sluice of `v` reading `feed` on reset, quiet services, let `wait` take
+    /// its measurement, and stop it. `row` gets sluice's peak RSS, its CPU per event (of
+    /// `row.events`) and the CPU other work used meanwhile; `None` (the reason in the
+    /// row's note) when it could not start. Returns the measurement and how the stop went.
+    pub(crate) async fn measure<T>(
+        &self,
+        v: &Variant<'_>,
+        feed: Feed<'_>,
+        row: &mut Row,
+        wait: impl AsyncFnOnce(&mut SluiceProcess) -> Result<T>,
+    ) -> Option<(Result<T>, Result<()>)> {
+        if let Err(e) = self.services.reset() {
+            row.note = format!("{e:#}");
+            return None;
+        }
+        self.quiet().await;
+        let before = cpu::sample(&self.ours());
+        let started = SluiceProcess::start(
+            v.bin,
+            &self.pg.url(),
+            v.sink,
+            feed,
+            &self.receiver.url,
+            self.services.env(),
+        );
+        let mut process = match started {
+            Ok(p) => p,
+            Err(e) => {
+                row.note = format!("{e:#}");
+                return None;
+            }
+        };
+        let measured = wait(&mut process).await;
+        row.rss_mb = process.peak_rss_mb();
+        let cpu_seconds = process.cpu_seconds();
+        let stopped = process.stop().await;
+        row.other_cpu = Some(cpu::other_percent(&before, &cpu::sample(&self.ours())));
+        row.cpu_us = cpu_seconds.map(|s| s * 1e6 / row.events.max(1) as f64);
+        Some((measured, stopped))
     }
 }
 

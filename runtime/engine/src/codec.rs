@@ -485,14 +485,7 @@ mod tests {
     }
 
     fn random_event(rng: &mut StdRng) -> Event {
-        let ops = [
-            Op::Insert,
-            Op::Update,
-            Op::Delete,
-            Op::Truncate,
-            Op::Event,
-            Op::Read,
-        ];
+        let ops = crate::telemetry::OPS;
         let source = Source {
             pipeline: "p".into(),
             schema: rng.random_bool(0.9).then(|| "public".into()),
